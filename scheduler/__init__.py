@@ -1,0 +1,56 @@
+"""A persistent job scheduler service: drop a `@job` task file into `tasks/` and it runs.
+
+The public API: everything a task file or an embedding program needs.
+"""
+
+from __future__ import annotations
+
+from .base import BaseTask, JobContext, RunnerResult
+from .catalog import JobCatalog, load_catalog
+from .decorators import job
+from .discovery import DiscoveryFailure, DiscoveryReport, discover
+from .errors import (
+    ConfigurationError,
+    DiscoveryError,
+    DuplicateJobError,
+    JobDefinitionError,
+    SchedulerError,
+    UnknownJobTypeAttributeError,
+    UnknownJobTypeError,
+)
+from .job_config import ResolvedJob, ValueOrigin, resolve_job_configs
+from .job_types import JobType
+from .metadata import JobMetadata, SourceLocation
+from .options import JobConfig, JobPriority
+from .registry import JobRegistry
+from .settings import ServiceSettings, load_settings
+
+__all__ = [
+    "BaseTask",
+    "ConfigurationError",
+    "DiscoveryError",
+    "DiscoveryFailure",
+    "DiscoveryReport",
+    "DuplicateJobError",
+    "JobCatalog",
+    "JobConfig",
+    "JobContext",
+    "JobDefinitionError",
+    "JobMetadata",
+    "JobPriority",
+    "JobRegistry",
+    "JobType",
+    "ResolvedJob",
+    "RunnerResult",
+    "SchedulerError",
+    "ServiceSettings",
+    "SourceLocation",
+    "UnknownJobTypeAttributeError",
+    "UnknownJobTypeError",
+    "ValueOrigin",
+    "discover",
+    "job",
+    "load_catalog",
+    "load_settings",
+    "resolve_job_configs",
+]

@@ -1,0 +1,133 @@
+"""Import every task file of the tasks folder, so that their `@job` decorators register jobs.
+
+Task files are imported as submodules of a package `scheduler.tasks` whose `__path__` is the
+tasks folder; that is what makes the seed's relative imports (`from ..base import BaseTask`)
+resolve to this package. A file that fails to import is reported and skipped, and nothing it
+registered before failing stays registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from .errors import DiscoveryError
+from .registry import JobRegistry
+
+TASKS_PACKAGE = "scheduler.tasks"
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryFailure:
+    """A task file that could not be imported."""
+
+    path: Path
+    error: str  # one line: the exception type and message, with the line for syntax errors
+    traceback: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.error}"
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryReport:
+    """What one discovery pass found."""
+
+    tasks_dir: Path
+    modules: tuple[str, ...]
+    job_types: tuple[str, ...]
+    failures: tuple[DiscoveryFailure, ...]
+    #: job type -> the task file that declared it
+    job_files: dict[str, Path]
+    seconds: float
+
+
+def task_files(tasks_dir: Path) -> list[Path]:
+    """The task files discovery imports: `*.py`, not starting with `_`, in name order."""
+    return sorted(p for p in tasks_dir.glob("*.py") if not p.name.startswith("_"))
+
+
+def discover(tasks_dir: Path) -> DiscoveryReport:
+    """Import the task files of `tasks_dir` afresh and report what registered and what failed."""
+    started = time.perf_counter()
+    tasks_dir = tasks_dir.resolve()
+    if not tasks_dir.is_dir():
+        raise DiscoveryError(f"tasks folder {tasks_dir} does not exist or is not a directory")
+    _install_tasks_package(tasks_dir)
+
+    modules: list[str] = []
+    failures: list[DiscoveryFailure] = []
+    job_files: dict[str, Path] = {}
+    for path in task_files(tasks_dir):
+        before = {m.job_type for m in JobRegistry.list_jobs()}
+        failure = _import_task_file(path)
+        if failure is not None:
+            failures.append(failure)
+            log.error("task file failed to import", path=str(path), error=failure.error)
+            continue
+        modules.append(f"{TASKS_PACKAGE}.{path.stem}")
+        job_files.update(
+            (m.job_type, path) for m in JobRegistry.list_jobs() if m.job_type not in before
+        )
+
+    report = DiscoveryReport(
+        tasks_dir=tasks_dir,
+        modules=tuple(modules),
+        job_types=tuple(job_files),
+        failures=tuple(failures),
+        job_files=job_files,
+        seconds=time.perf_counter() - started,
+    )
+    log.info(
+        "discovery finished",
+        tasks_dir=str(tasks_dir),
+        files=len(modules) + len(failures),
+        jobs=list(report.job_types),
+        failed_files=[str(f.path) for f in failures],
+        seconds=round(report.seconds, 4),
+    )
+    return report
+
+
+def _install_tasks_package(tasks_dir: Path) -> None:
+    """(Re)create `scheduler.tasks` over `tasks_dir`, dropping task modules of earlier passes."""
+    for name in [m for m in sys.modules if m == TASKS_PACKAGE or m.startswith(TASKS_PACKAGE + ".")]:
+        JobRegistry.unregister_module(name)
+        del sys.modules[name]
+    spec = importlib.machinery.ModuleSpec(TASKS_PACKAGE, None, is_package=True)
+    spec.submodule_search_locations = [str(tasks_dir)]
+    package = importlib.util.module_from_spec(spec)
+    package.__doc__ = f"Task files discovered in {tasks_dir}."
+    sys.modules[TASKS_PACKAGE] = package
+    importlib.invalidate_caches()  # files may have been written since the finders last looked
+
+
+def _import_task_file(path: Path) -> DiscoveryFailure | None:
+    module = f"{TASKS_PACKAGE}.{path.stem}"
+    if not path.stem.isidentifier():
+        return DiscoveryFailure(
+            path, f"{path.name!r} is not a valid Python module name; rename the file", ""
+        )
+    try:
+        importlib.import_module(module)
+    except (Exception, SystemExit) as error:  # a task file may raise anything at import time
+        JobRegistry.unregister_module(module)
+        sys.modules.pop(module, None)
+        return DiscoveryFailure(path, _describe(error), traceback.format_exc())
+    return None
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, SyntaxError):
+        return f"{type(error).__name__}: {error.msg} (line {error.lineno})"
+    return f"{type(error).__name__}: {error}"

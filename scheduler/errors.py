@@ -1,0 +1,38 @@
+"""The one error hierarchy of the scheduler: catch `SchedulerError` to catch them all."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class SchedulerError(Exception):
+    """Base class of every error the scheduler raises on purpose."""
+
+
+class JobDefinitionError(SchedulerError):
+    """A `@job` declaration is wrong: an unknown option, a bad value, a class that cannot run."""
+
+
+class DuplicateJobError(JobDefinitionError):
+    """Two classes claim the same job type."""
+
+
+class UnknownJobTypeError(SchedulerError, ValueError):
+    """A job type was looked up that no discovered task registered."""
+
+
+class UnknownJobTypeAttributeError(SchedulerError, AttributeError):
+    """`JobType.SOME_NAME` was read, and no job type has that member name."""
+
+
+class ConfigurationError(SchedulerError):
+    """Configuration is invalid; `problems` lists every problem, each naming where it came from."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"{len(self.problems)} configuration problem(s):\n{lines}")
+
+
+class DiscoveryError(SchedulerError):
+    """The tasks folder itself cannot be used (missing, not a directory)."""

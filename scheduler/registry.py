@@ -1,0 +1,74 @@
+"""`JobRegistry`: every job that `@job` registered in this process, in registration order."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from .errors import DuplicateJobError, UnknownJobTypeError
+from .job_types import JobType
+from .metadata import JobMetadata
+
+
+def _same_declaration(a: JobMetadata, b: JobMetadata) -> bool:
+    """True when `b` is `a` imported again (same module and class), not a second declaration."""
+    return a.qualified_class_name == b.qualified_class_name
+
+
+class JobRegistry:
+    """The process-wide registry of jobs. Discovery fills it; everything else reads it."""
+
+    _jobs: ClassVar[dict[str, JobMetadata]] = {}
+
+    @classmethod
+    def register(cls, metadata: JobMetadata) -> JobType:
+        existing = cls._jobs.get(metadata.job_type)
+        if existing is not None and not _same_declaration(existing, metadata):
+            raise DuplicateJobError(
+                f"job type {metadata.job_type!r} is registered twice: by "
+                f"{existing.task_class.__qualname__} at {existing.source} and by "
+                f"{metadata.task_class.__qualname__} at {metadata.source}; "
+                "job types must be unique, rename one of them"
+            )
+        cls._jobs[metadata.job_type] = metadata
+        return JobType._add(metadata.job_type)
+
+    @classmethod
+    def unregister(cls, job_type: str) -> None:
+        cls._jobs.pop(job_type, None)
+        JobType._remove(job_type)
+
+    @classmethod
+    def unregister_module(cls, module: str) -> list[str]:
+        """Forget every job declared in `module` (a task file that failed half-way through)."""
+        removed = [jt for jt, meta in cls._jobs.items() if meta.module == module]
+        for job_type in removed:
+            cls.unregister(job_type)
+        return removed
+
+    @classmethod
+    def clear(cls) -> None:
+        for job_type in list(cls._jobs):
+            cls.unregister(job_type)
+
+    @classmethod
+    def get(cls, job_type: str) -> JobMetadata:
+        try:
+            return cls._jobs[job_type]
+        except KeyError:
+            known = ", ".join(cls._jobs) or "(none)"
+            raise UnknownJobTypeError(
+                f"no job of type {job_type!r} is registered; known job types: {known}"
+            ) from None
+
+    @classmethod
+    def get_task_class(cls, job_type: str) -> type[Any]:
+        return cls.get(job_type).task_class
+
+    @classmethod
+    def list_jobs(cls) -> list[JobMetadata]:
+        """Every registered job with its metadata, in registration order."""
+        return list(cls._jobs.values())
+
+    @classmethod
+    def is_registered(cls, job_type: str) -> bool:
+        return job_type in cls._jobs

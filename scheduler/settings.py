@@ -1,0 +1,70 @@
+"""Service-wide settings, from `SCHEDULER_*` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigurationError
+from .suggestions import did_you_mean
+
+ENV_PREFIX = "SCHEDULER_"
+
+
+def _upper(value: object) -> object:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+]
+LogFormat = Annotated[Literal["json", "console"], BeforeValidator(_lower)]
+
+
+class ServiceSettings(BaseSettings):
+    """Settings of the service as a whole; each reads `SCHEDULER_<NAME>` from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True
+    )
+
+    #: The folder whose `*.py` files are discovered as task files.
+    tasks_dir: Path = Path("tasks")
+    #: An optional TOML file with per-job overrides in `[jobs.<job_type>]` tables.
+    config_file: Path | None = None
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "json"
+
+
+def load_settings(**overrides: Any) -> ServiceSettings:
+    """Settings from the environment, with `overrides` (command-line flags) taking precedence.
+
+    Raises ConfigurationError listing every bad value with its variable.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return ServiceSettings(**given)
+    except ValidationError as error:
+        problems = []
+        for detail in error.errors(include_url=False):
+            name = ENV_PREFIX + "_".join(str(part) for part in detail["loc"]).upper()
+            problems.append(f"{name}={detail['input']!r}: {detail['msg']}")
+        raise ConfigurationError(problems) from None
+
+
+def unknown_service_variables(environ: Mapping[str, str]) -> list[str]:
+    """Warnings for `SCHEDULER_*` variables that name no setting (typos)."""
+    known = [ENV_PREFIX + name.upper() for name in ServiceSettings.model_fields]
+    return [
+        f"environment variable {name} is not a scheduler setting{did_you_mean(name.upper(), known)}"
+        for name in sorted(environ)
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    ]
