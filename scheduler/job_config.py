@@ -116,7 +116,7 @@ def _env_overrides(
                 f"{plain[0]}={plain[1]!r} and {runner[0]}={runner[1]!r} disagree; "
                 f"using {plain[0]} (the plain form wins over the _RUNNER_ form)"
             )
-        origins[option] = ValueOrigin("environment", chosen[0], chosen[1])
+        origins[option] = ValueOrigin("environment", chosen[0], chosen[1].strip())
     return origins
 
 

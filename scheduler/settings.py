@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -53,10 +54,12 @@ def load_settings(**overrides: Any) -> ServiceSettings:
     try:
         return ServiceSettings(**given)
     except ValidationError as error:
+        environ = {name.upper(): value for name, value in os.environ.items()}
         problems = []
         for detail in error.errors(include_url=False):
             name = ENV_PREFIX + "_".join(str(part) for part in detail["loc"]).upper()
-            problems.append(f"{name}={detail['input']!r}: {detail['msg']}")
+            value = environ.get(name, detail["input"])  # as the operator wrote it
+            problems.append(f"{name}={value!r}: {detail['msg']}")
         raise ConfigurationError(problems) from None
 
 

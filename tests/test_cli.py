@@ -1,0 +1,158 @@
+"""The command line, run as a real subprocess the way operators and CI pipelines run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import FIXTURES, REPO_ROOT, WriteTask
+
+GOOD_TASK = """
+    from scheduler import BaseTask, JobContext, RunnerResult, job
+
+    @job("{job_type}", interval_seconds=30, requires_wallet=True)
+    class Task(BaseTask[RunnerResult]):
+        async def _execute_impl(self, context: JobContext) -> list[RunnerResult]:
+            return []
+"""
+
+
+def scheduler(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "scheduler"
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("list", "check"):
+        assert command in result.stdout
+
+
+def test_check_passes_on_the_example_tasks() -> None:
+    result = scheduler("check")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: 3 job(s) in ")
+
+
+def test_check_fails_listing_every_problem(tasks_dir: Path, write_task: WriteTask) -> None:
+    write_task("good.py", GOOD_TASK.format(job_type="good"))
+    write_task("broken.py", "def (:\n")
+    result = scheduler(
+        "check",
+        "--tasks-dir",
+        str(tasks_dir),
+        env={"GOOD_INTERVAL_SECONDS": "-1", "GOOD_ENABLD": "yes"},
+    )
+    assert result.returncode == 1
+    assert f"error: task file {tasks_dir / 'broken.py'}: SyntaxError" in result.stderr
+    assert (
+        "error: environment GOOD_INTERVAL_SECONDS='-1': interval_seconds: "
+        "Input should be greater than 0" in result.stderr
+    )
+    assert (
+        "warning: environment variable GOOD_ENABLD matches no option of job 'good'" in result.stderr
+    )
+    assert "check failed: 2 problem(s)" in result.stderr
+
+
+def test_tasks_dir_from_environment(tasks_dir: Path, write_task: WriteTask) -> None:
+    write_task("good.py", GOOD_TASK.format(job_type="from_env"))
+    result = scheduler("check", env={"SCHEDULER_TASKS_DIR": str(tasks_dir)})
+    assert result.returncode == 0, result.stderr
+    assert f"ok: 1 job(s) in {tasks_dir}" in result.stdout
+
+
+def test_bad_service_setting_is_a_clear_error() -> None:
+    result = scheduler("check", env={"SCHEDULER_LOG_FORMAT": "xml"})
+    assert result.returncode == 1
+    assert "SCHEDULER_LOG_FORMAT='xml': Input should be 'json' or 'console'" in result.stderr
+
+
+def test_list_shows_jobs_and_where_overrides_came_from(
+    tmp_path: Path, tasks_dir: Path, write_task: WriteTask
+) -> None:
+    write_task("good.py", GOOD_TASK.format(job_type="good"))
+    config = tmp_path / "jobs.toml"
+    config.write_text("[jobs.good]\nbatch_size = 99\npriority = 'high'\n", encoding="utf-8")
+    result = scheduler(
+        "list",
+        "--tasks-dir",
+        str(tasks_dir),
+        "--config-file",
+        str(config),
+        env={"good_runner_interval_seconds": "45"},
+    )
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["JOB", "TYPE", "NAME"]
+    assert row.split()[:6] == ["good", "Task", "yes", "45s", "HIGH", "1"]
+    assert "wallet" in row
+    assert (
+        "good.interval_seconds = 45 from environment good_runner_interval_seconds='45'"
+        in result.stdout
+    )
+    assert (
+        f"good.batch_size = 99 from config file {config} [jobs.good] batch_size=99" in result.stdout
+    )
+    assert "good.priority = HIGH from config file" in result.stdout
+
+
+def test_list_json_has_every_effective_option(tasks_dir: Path, write_task: WriteTask) -> None:
+    (tasks_dir / "seed.py").write_text(
+        (FIXTURES / "seed_example.py").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    write_task("good.py", GOOD_TASK.format(job_type="good"))
+    result = scheduler(
+        "list", "--json", "--tasks-dir", str(tasks_dir), env={"MY_AWESOME_JOB_ENABLED": "off"}
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    jobs = {entry["job_type"]: entry for entry in document["jobs"]}
+    assert list(jobs) == ["good", "my_awesome_job"]
+    awesome = jobs["my_awesome_job"]
+    assert awesome["config"] == {
+        "enabled": False,
+        "interval_seconds": 120.0,
+        "priority": "NORMAL",
+        "max_retries": 3,
+        "retry_delay_seconds": 30.0,
+        "timeout_seconds": 300.0,
+        "max_concurrent": 2,
+        "batch_size": 10,
+        "preserve_order": False,
+        "idempotent": True,
+    }
+    assert awesome["requirements"] == ["twitter"]
+    assert awesome["overrides"] == {
+        "enabled": {"source": "environment", "where": "MY_AWESOME_JOB_ENABLED", "value": "off"}
+    }
+    assert awesome["name"] == "My Awesome Job"
+    assert awesome["source"].startswith(str(tasks_dir / "seed.py") + ":")
+    assert document["failures"] == [] and document["problems"] == []
+
+
+def test_list_exits_1_and_reports_broken_files(tasks_dir: Path, write_task: WriteTask) -> None:
+    write_task("good.py", GOOD_TASK.format(job_type="good"))
+    write_task("bad.py", "raise ImportError('no wallet sdk')\n")
+    result = scheduler("list", "--json", "--tasks-dir", str(tasks_dir))
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert [job["job_type"] for job in document["jobs"]] == ["good"]
+    assert document["failures"] == [
+        {"path": str(tasks_dir / "bad.py"), "error": "ImportError: no wallet sdk"}
+    ]
