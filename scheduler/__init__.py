@@ -18,11 +18,14 @@ from .errors import (
     UnknownJobTypeAttributeError,
     UnknownJobTypeError,
 )
+from .execution import NonRetryableError, RunSummary
 from .job_config import ResolvedJob, ValueOrigin, resolve_job_configs
 from .job_types import JobType
 from .metadata import JobMetadata, SourceLocation
 from .options import JobConfig, JobPriority
+from .outcomes import Outcome, SkipReason, Trigger
 from .registry import JobRegistry
+from .requirements import RequirementRegistry, RequirementUnavailable, env_requirement, requirement
 from .settings import ServiceSettings, load_settings
 
 __all__ = [
@@ -40,17 +43,26 @@ __all__ = [
     "JobPriority",
     "JobRegistry",
     "JobType",
+    "NonRetryableError",
+    "Outcome",
+    "RequirementRegistry",
+    "RequirementUnavailable",
     "ResolvedJob",
+    "RunSummary",
     "RunnerResult",
     "SchedulerError",
     "ServiceSettings",
+    "SkipReason",
     "SourceLocation",
+    "Trigger",
     "UnknownJobTypeAttributeError",
     "UnknownJobTypeError",
     "ValueOrigin",
     "discover",
+    "env_requirement",
     "job",
     "load_catalog",
     "load_settings",
+    "requirement",
     "resolve_job_configs",
 ]

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import structlog
 
-from .dependencies import dependency_problems
+from .dependencies import dependency_cycles, unknown_dependencies
 from .discovery import DiscoveryFailure, DiscoveryReport, discover
 from .job_config import ResolvedJob, resolve_job_configs
 from .registry import JobRegistry
+from .requirements import unavailable_requirements
 from .settings import ServiceSettings, unknown_service_variables
 
 log = structlog.get_logger(__name__)
@@ -38,6 +39,17 @@ class JobCatalog:
     def source_file(self, job_type: str) -> Path | None:
         return self.discovery.job_files.get(job_type)
 
+    async def blocked_by_requirements(self) -> dict[str, list[str]]:
+        """Job type -> why each of its unavailable requirements is unavailable (asks providers)."""
+        names = {name for job in self.jobs.values() for name in job.metadata.requirements}
+        reasons = await unavailable_requirements(sorted(names))
+        blocked = {}
+        for job_type, job in self.jobs.items():
+            why = [reasons[name] for name in job.metadata.requirements if name in reasons]
+            if why:
+                blocked[job_type] = why
+        return blocked
+
 
 def load_catalog(settings: ServiceSettings, environ: Mapping[str, str]) -> JobCatalog:
     """Discover the tasks folder and resolve every job's configuration against `environ`."""
@@ -45,8 +57,15 @@ def load_catalog(settings: ServiceSettings, environ: Mapping[str, str]) -> JobCa
     jobs = JobRegistry.list_jobs()
     resolved = resolve_job_configs(jobs, environ, settings.config_file)
     failed = [str(failure.path) for failure in report.failures]
-    problems = (*resolved.problems, *dependency_problems(jobs, failed))
-    warnings = (*unknown_service_variables(environ), *resolved.warnings)
+    unknown = unknown_dependencies(jobs, failed)
+    # A dependency declared in a file that failed to import is that file's problem, reported
+    # with it; the jobs that depend on it are skipped at run time, not refused at start.
+    problems = [*resolved.problems, *([] if failed else unknown), *dependency_cycles(jobs)]
+    warnings = [
+        *unknown_service_variables(environ),
+        *resolved.warnings,
+        *(unknown if failed else []),
+    ]
     for warning in warnings:
         log.warning(warning)
-    return JobCatalog(report, resolved.jobs, problems, warnings)
+    return JobCatalog(report, resolved.jobs, tuple(problems), tuple(warnings))

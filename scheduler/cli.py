@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -12,20 +13,30 @@ from typing import Any, TypeVar
 import click
 
 from .catalog import JobCatalog, load_catalog
+from .database import create_database_engine
 from .errors import SchedulerError
-from .job_config import ResolvedJob
+from .execution import NoHistory, RunCoordinator
+from .history import RunHistory, migrate
+from .job_state import JobStates
 from .logs import configure_logging
-from .options import JobPriority
-from .settings import load_settings
+from .outcomes import Outcome, Trigger
+from .presentation import (
+    blocked_lines,
+    catalog_as_json,
+    jobs_table,
+    override_lines,
+    run_as_json,
+    runs_table,
+)
+from .service import SchedulerService
+from .settings import ServiceSettings, load_settings
+from .workers import PriorityWorkerPool
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def catalog_options(command: F) -> F:
     """The options every command that discovers tasks shares."""
-    command = click.option(
-        "--verbose", "-v", is_flag=True, help="Also log discovery and configuration details."
-    )(command)
     command = click.option(
         "--config-file",
         type=click.Path(path_type=Path, dir_okay=False),
@@ -39,11 +50,24 @@ def catalog_options(command: F) -> F:
     return command
 
 
-def _catalog(tasks_dir: Path | None, config_file: Path | None, verbose: bool) -> JobCatalog:
+def verbose_option(command: F) -> F:
+    return click.option(
+        "--verbose", "-v", is_flag=True, help="Also log discovery and configuration details."
+    )(command)
+
+
+def _settings(**overrides: Any) -> ServiceSettings:
     try:
-        settings = load_settings(tasks_dir=tasks_dir, config_file=config_file)
-        # The report is the output; log lines would only repeat it, unless asked for.
-        configure_logging("DEBUG" if verbose else "CRITICAL", "console")
+        return load_settings(**overrides)
+    except SchedulerError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _quiet_catalog(tasks_dir: Path | None, config_file: Path | None, verbose: bool) -> JobCatalog:
+    settings = _settings(tasks_dir=tasks_dir, config_file=config_file)
+    # The report is the output; log lines would only repeat it, unless asked for.
+    configure_logging("DEBUG" if verbose else "CRITICAL", "console")
+    try:
         return load_catalog(settings, os.environ)
     except SchedulerError as error:
         raise click.ClickException(str(error)) from None
@@ -55,19 +79,39 @@ def cli() -> None:
     """A persistent job scheduler: discovers @job tasks and runs them on their intervals."""
 
 
+@cli.command()
+@catalog_options
+def run(tasks_dir: Path | None, config_file: Path | None) -> None:
+    """Run the scheduler service until SIGTERM or SIGINT."""
+    settings = _settings(tasks_dir=tasks_dir, config_file=config_file)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        catalog = load_catalog(settings, os.environ)
+        if catalog.problems:
+            raise click.ClickException(
+                "configuration is invalid:\n" + "\n".join(f"  - {p}" for p in catalog.problems)
+            )
+        asyncio.run(SchedulerService(settings, catalog).run())
+    except SchedulerError as error:
+        raise click.ClickException(str(error)) from None
+
+
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @catalog_options
+@verbose_option
 def list_command(
     tasks_dir: Path | None, config_file: Path | None, verbose: bool, as_json: bool
 ) -> None:
     """List discovered jobs, their effective settings and where overrides came from."""
-    catalog = _catalog(tasks_dir, config_file, verbose)
+    catalog = _quiet_catalog(tasks_dir, config_file, verbose)
+    blocked = asyncio.run(catalog.blocked_by_requirements())
+    jobs = list(catalog.jobs.values())
     if as_json:
-        click.echo(json.dumps(catalog_as_json(catalog), indent=2))
+        click.echo(json.dumps(catalog_as_json(catalog, blocked), indent=2))
     else:
-        click.echo(jobs_table(list(catalog.jobs.values())))
-        for line in override_lines(list(catalog.jobs.values())):
+        click.echo(jobs_table(jobs, blocked))
+        for line in [*override_lines(jobs), *blocked_lines(blocked)]:
             click.echo(line)
         _report(catalog)
     if not catalog.ok:
@@ -76,15 +120,77 @@ def list_command(
 
 @cli.command()
 @catalog_options
+@verbose_option
 def check(tasks_dir: Path | None, config_file: Path | None, verbose: bool) -> None:
     """Validate task files and configuration; exit 1 if anything is wrong."""
-    catalog = _catalog(tasks_dir, config_file, verbose)
+    catalog = _quiet_catalog(tasks_dir, config_file, verbose)
+    blocked = asyncio.run(catalog.blocked_by_requirements())
     _report(catalog)
+    for job_type, reasons in blocked.items():
+        for why in reasons:
+            click.echo(f"warning: job {job_type!r} is blocked: {why}", err=True)
     if not catalog.ok:
         count = len(catalog.failures) + len(catalog.problems)
         click.echo(f"check failed: {count} problem(s)", err=True)
         sys.exit(1)
     click.echo(f"ok: {len(catalog.jobs)} job(s) in {catalog.discovery.tasks_dir}")
+
+
+@cli.command()
+@click.argument("job_type", required=False)
+@click.option("--limit", default=20, show_default=True, help="How many rows, newest first.")
+@click.option("--dead-letter", is_flag=True, help="Only runs that failed after their last retry.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def history(job_type: str | None, limit: int, dead_letter: bool, as_json: bool) -> None:
+    """Show the run history, newest first, optionally for one JOB_TYPE."""
+    settings = _settings()
+    configure_logging("WARNING", "console")
+    engine = create_database_engine(settings.database_url)
+    try:
+        migrate(engine)
+        records = RunHistory(engine).recent(job_type, limit=limit, dead_letter_only=dead_letter)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps([run_as_json(r) for r in records], indent=2))
+    elif records:
+        click.echo(runs_table(records))
+    else:
+        click.echo("no runs recorded" + (f" for {job_type}" if job_type else ""))
+
+
+@cli.command("run-job")
+@click.argument("job_type")
+@catalog_options
+def run_job(job_type: str, tasks_dir: Path | None, config_file: Path | None) -> None:
+    """Run JOB_TYPE once in the foreground, with its timeout and retries; exit 1 unless it
+    succeeded. For development: no history is written and dependencies are not checked."""
+    settings = _settings(tasks_dir=tasks_dir, config_file=config_file)
+    configure_logging(settings.log_level, "console")
+    catalog = load_catalog(settings, os.environ)
+    if job_type not in catalog.jobs:
+        known = ", ".join(catalog.jobs) or "(none)"
+        raise click.ClickException(f"no job {job_type!r} in {settings.tasks_dir}; known: {known}")
+
+    async def once() -> Outcome:
+        coordinator = RunCoordinator(
+            catalog.jobs,
+            history=NoHistory(),
+            states=JobStates(),
+            workers=PriorityWorkerPool(1),
+            instance="run-job",
+            check_dependencies=False,
+        )
+        summary = await coordinator.run(job_type, trigger=Trigger.MANUAL)
+        click.echo(
+            f"{job_type}: {summary.outcome} after {summary.attempts} attempt(s), items "
+            f"{summary.items_succeeded} ok / {summary.items_failed} failed"
+            + (f": {summary.error}" if summary.error else "")
+        )
+        return summary.outcome
+
+    if asyncio.run(once()) != Outcome.SUCCESS:
+        sys.exit(1)
 
 
 def _report(catalog: JobCatalog) -> None:
@@ -94,77 +200,6 @@ def _report(catalog: JobCatalog) -> None:
         click.echo(f"error: {problem}", err=True)
     for warning in catalog.warnings:
         click.echo(f"warning: {warning}", err=True)
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g}s"
-
-
-def _display(value: object) -> str:
-    if isinstance(value, JobPriority):
-        return value.name
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def jobs_table(jobs: list[ResolvedJob]) -> str:
-    header = ("JOB TYPE", "NAME", "ENABLED", "INTERVAL", "PRIORITY", "CONCURRENT", "RETRIES",
-              "TIMEOUT", "BATCH", "REQUIRES", "DEPENDS ON")  # fmt: skip
-    rows = [header]
-    for job in jobs:
-        c, m = job.config, job.metadata
-        rows.append((
-            job.job_type, m.name, "yes" if c.enabled else "no", _seconds(c.interval_seconds),
-            c.priority.name, str(c.max_concurrent),
-            f"{c.max_retries} every {_seconds(c.retry_delay_seconds)}",
-            _seconds(c.timeout_seconds), str(c.batch_size),
-            ", ".join(m.requirements) or "-", ", ".join(m.dependencies) or "-",
-        ))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
-def override_lines(jobs: list[ResolvedJob]) -> list[str]:
-    lines = [
-        f"  {job.job_type}.{option} = {_display(getattr(job.config, option))} from {origin}"
-        for job in jobs
-        for option, origin in job.origins.items()
-    ]
-    return ["", "Overridden values:", *lines] if lines else []
-
-
-def job_as_json(job: ResolvedJob) -> dict[str, Any]:
-    meta = job.metadata
-    config = job.config.model_dump(mode="json")
-    config["priority"] = job.config.priority.name
-    return {
-        "job_type": job.job_type,
-        "name": meta.name,
-        "description": meta.description,
-        "task_class": meta.qualified_class_name,
-        "source": str(meta.source),
-        "config": config,
-        "requirements": list(meta.requirements),
-        "dependencies": list(meta.dependencies),
-        "overrides": {
-            option: {"source": origin.kind, "where": origin.where, "value": origin.raw}
-            for option, origin in job.origins.items()
-        },
-    }
-
-
-def catalog_as_json(catalog: JobCatalog) -> dict[str, Any]:
-    return {
-        "tasks_dir": str(catalog.discovery.tasks_dir),
-        "jobs": [job_as_json(job) for job in catalog.jobs.values()],
-        "failures": [{"path": str(f.path), "error": f.error} for f in catalog.failures],
-        "problems": list(catalog.problems),
-        "warnings": list(catalog.warnings),
-    }
 
 
 def main() -> None:

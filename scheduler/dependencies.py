@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from .metadata import JobMetadata
 from .suggestions import did_you_mean
 
 
-def dependency_problems(jobs: Iterable[JobMetadata], failed_files: Iterable[str] = ()) -> list[str]:
-    """Every dependency on an unknown job, and every cycle, each as one readable line."""
+def unknown_dependencies(
+    jobs: Iterable[JobMetadata], failed_files: Sequence[str] = ()
+) -> list[str]:
+    """One line per dependency on a job that is not registered.
+
+    When task files failed to import, the missing job may be declared in one of them; the
+    message says so.
+    """
     graph = {meta.job_type: meta.dependencies for meta in jobs}
-    broken = list(failed_files)
     problems = []
     for job_type, needs in graph.items():
         for need in needs:
             if need not in graph:
                 hint = did_you_mean(need, graph)
-                if not hint and broken:
-                    hint = f" (task files that failed to import: {', '.join(broken)})"
+                if not hint and failed_files:
+                    hint = f" (task files that failed to import: {', '.join(failed_files)})"
                 problems.append(f"job {job_type!r} depends on unknown job {need!r}{hint}")
-    problems.extend(f"dependency cycle: {' -> '.join(cycle)}" for cycle in find_cycles(graph))
     return problems
+
+
+def dependency_cycles(jobs: Iterable[JobMetadata]) -> list[str]:
+    graph = {meta.job_type: meta.dependencies for meta in jobs}
+    return [f"dependency cycle: {' -> '.join(cycle)}" for cycle in find_cycles(graph)]
+
+
+def dependency_problems(jobs: Iterable[JobMetadata], failed_files: Sequence[str] = ()) -> list[str]:
+    """Every dependency on an unknown job, and every cycle, each as one readable line."""
+    jobs = list(jobs)
+    return [*unknown_dependencies(jobs, failed_files), *dependency_cycles(jobs)]
 
 
 def find_cycles(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:

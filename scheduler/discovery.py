@@ -21,6 +21,7 @@ import structlog
 
 from .errors import DiscoveryError
 from .registry import JobRegistry
+from .requirements import RequirementRegistry
 
 TASKS_PACKAGE = "scheduler.tasks"
 
@@ -102,8 +103,7 @@ def discover(tasks_dir: Path) -> DiscoveryReport:
 def _install_tasks_package(tasks_dir: Path) -> None:
     """(Re)create `scheduler.tasks` over `tasks_dir`, dropping task modules of earlier passes."""
     for name in [m for m in sys.modules if m == TASKS_PACKAGE or m.startswith(TASKS_PACKAGE + ".")]:
-        JobRegistry.unregister_module(name)
-        del sys.modules[name]
+        _forget_module(name)
     spec = importlib.machinery.ModuleSpec(TASKS_PACKAGE, None, is_package=True)
     spec.submodule_search_locations = [str(tasks_dir)]
     package = importlib.util.module_from_spec(spec)
@@ -121,10 +121,16 @@ def _import_task_file(path: Path) -> DiscoveryFailure | None:
     try:
         importlib.import_module(module)
     except (Exception, SystemExit) as error:  # a task file may raise anything at import time
-        JobRegistry.unregister_module(module)
-        sys.modules.pop(module, None)
+        _forget_module(module)
         return DiscoveryFailure(path, _describe(error), traceback.format_exc())
     return None
+
+
+def _forget_module(module: str) -> None:
+    """Drop a task module and everything it registered."""
+    JobRegistry.unregister_module(module)
+    RequirementRegistry.unregister_module(module)
+    sys.modules.pop(module, None)
 
 
 def _describe(error: BaseException) -> str:

@@ -7,13 +7,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ValidationError
+from pydantic import (
+    BeforeValidator,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigurationError
 from .suggestions import did_you_mean
 
 ENV_PREFIX = "SCHEDULER_"
+DEFAULT_DATABASE_URL = "sqlite:///data/scheduler.db"
 
 
 def _upper(value: object) -> object:
@@ -34,7 +41,11 @@ class ServiceSettings(BaseSettings):
     """Settings of the service as a whole; each reads `SCHEDULER_<NAME>` from the environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        allow_inf_nan=False,
     )
 
     #: The folder whose `*.py` files are discovered as task files.
@@ -43,6 +54,23 @@ class ServiceSettings(BaseSettings):
     config_file: Path | None = None
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "json"
+
+    #: SQLAlchemy URL of the database holding schedules and run history.
+    database_url: str = DEFAULT_DATABASE_URL
+    #: How many runs may execute at once across all jobs; beyond it, runs wait by priority.
+    max_workers: PositiveInt = 16
+    #: A run that could not start within this many seconds of its time is skipped as missed.
+    misfire_grace_seconds: PositiveInt = 60
+    #: Collapse several missed runs of a job into one (order-preserving jobs never coalesce).
+    coalesce: bool = True
+    #: On SIGTERM/SIGINT, how long running jobs may finish before they are cancelled.
+    shutdown_grace_seconds: NonNegativeFloat = 30.0
+    #: Run-history rows older than this are deleted.
+    history_retention_days: PositiveFloat = 30.0
+    #: How often the service checks its database, its scheduler thread and its leadership.
+    heartbeat_seconds: PositiveFloat = 2.0
+    #: How long a standby waits between attempts to become the active instance.
+    standby_poll_seconds: PositiveFloat = 2.0
 
 
 def load_settings(**overrides: Any) -> ServiceSettings:

@@ -13,6 +13,7 @@ import structlog
 
 from scheduler.discovery import TASKS_PACKAGE
 from scheduler.registry import JobRegistry
+from scheduler.requirements import RequirementRegistry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -32,10 +33,15 @@ def _task_modules() -> dict[str, object]:
 def isolated_registry() -> Iterator[None]:
     """Each test starts with no job registered and leaves the registry as it found it."""
     saved_jobs = JobRegistry.list_jobs()
+    saved_providers = RequirementRegistry.list_providers()
     saved_modules = _task_modules()
     JobRegistry.clear()
+    RequirementRegistry.clear()
     yield
     JobRegistry.clear()
+    RequirementRegistry.clear()
+    for provider in saved_providers:
+        RequirementRegistry.register(provider)
     for name in _task_modules():
         del sys.modules[name]
     sys.modules.update(saved_modules)  # type: ignore[arg-type]

@@ -100,7 +100,7 @@ def test_list_shows_jobs_and_where_overrides_came_from(
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()[:2]
     assert header.split()[:3] == ["JOB", "TYPE", "NAME"]
-    assert row.split()[:6] == ["good", "Task", "yes", "45s", "HIGH", "1"]
+    assert row.split()[:6] == ["good", "Task", "blocked", "45s", "HIGH", "1"]
     assert "wallet" in row
     assert (
         "good.interval_seconds = 45 from environment good_runner_interval_seconds='45'"

@@ -1,0 +1,367 @@
+"""One run of a job, end to end: gates, worker slot, timeout, retries, history and logs.
+
+Everything here runs on the service's asyncio loop. APScheduler decides *when* a job is due;
+this module decides whether and how the run happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from .base import JobContext, RunnerResult
+from .errors import SchedulerError
+from .history import RunRecord, summarize_error
+from .job_config import ResolvedJob
+from .job_state import JobStates
+from .job_types import JobType
+from .outcomes import Outcome, SkipReason, Trigger
+from .requirements import RequirementRegistry, RequirementUnavailable
+from .workers import PriorityWorkerPool
+
+log = structlog.get_logger(__name__)
+
+MAX_RETRY_DELAY_SECONDS = 3600.0
+RETRY_JITTER = 0.25
+
+
+class NonRetryableError(SchedulerError):
+    """Raise it from a task when the run failed and trying again cannot help (bad input)."""
+
+
+class HistorySink(Protocol):
+    def started(self, record: RunRecord) -> None: ...
+    def finished(self, record: RunRecord) -> None: ...
+    def recorded(self, record: RunRecord) -> None: ...
+
+
+class NoHistory:
+    """For one-off runs outside the service (`scheduler run-job`): records nothing."""
+
+    def started(self, record: RunRecord) -> None:
+        pass
+
+    def finished(self, record: RunRecord) -> None:
+        pass
+
+    def recorded(self, record: RunRecord) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """How a run ended, after all its attempts."""
+
+    run_id: str
+    job_type: str
+    outcome: Outcome
+    attempts: int = 0
+    skip_reason: SkipReason | None = None
+    error: str | None = None
+    items_succeeded: int = 0
+    items_failed: int = 0
+
+
+def retry_delay(base: float, retry: int, rng: Callable[[], float] = random.random) -> float:
+    """Seconds before retry number `retry` (1, 2, ...): exponential from `base`, plus jitter."""
+    delay = min(base * 2.0 ** (retry - 1), MAX_RETRY_DELAY_SECONDS)
+    return delay + delay * RETRY_JITTER * rng()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunCoordinator:
+    """Runs jobs of the catalog on the current event loop, one `run` per scheduled run."""
+
+    def __init__(
+        self,
+        jobs: Mapping[str, ResolvedJob],
+        *,
+        history: HistorySink,
+        states: JobStates,
+        workers: PriorityWorkerPool,
+        instance: str,
+        not_loaded: Mapping[str, str] | None = None,
+        check_dependencies: bool = True,
+    ) -> None:
+        self._jobs = jobs
+        self._history = history
+        self._states = states
+        self._workers = workers
+        self._instance = instance
+        self._not_loaded = dict(not_loaded or {})  # task file name -> why it failed to import
+        self._check_dependencies = check_dependencies
+        self._order_locks = {
+            job_type: asyncio.Lock() for job_type, job in jobs.items() if job.config.preserve_order
+        }
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def active_runs(self) -> int:
+        return sum(1 for task in self._tasks if not task.done())
+
+    async def run_due(
+        self,
+        job_type: str,
+        run_times: Sequence[datetime],
+        misfire_grace_seconds: float | None,
+        task_file: str | None = None,
+    ) -> None:
+        """Run the scheduled times APScheduler handed over, in order, skipping those too late."""
+        async with self._tracked():
+            for run_time in run_times:
+                late = (utcnow() - run_time).total_seconds()
+                if misfire_grace_seconds is not None and late > misfire_grace_seconds:
+                    why = f"started {late:.1f}s late, past the {misfire_grace_seconds:g}s grace"
+                    self.skip(job_type, SkipReason.MISFIRE, why, run_time)
+                    continue
+                await self.run(job_type, scheduled_time=run_time, task_file=task_file)
+
+    async def run(
+        self,
+        job_type: str,
+        *,
+        scheduled_time: datetime | None = None,
+        trigger: Trigger = Trigger.SCHEDULE,
+        task_file: str | None = None,
+    ) -> RunSummary:
+        """One run of `job_type`, with every gate, its timeout and its retries."""
+        run_id = uuid.uuid4().hex
+        async with self._tracked():
+            with structlog.contextvars.bound_contextvars(job_type=job_type, run_id=run_id):
+                job = self._jobs.get(job_type)
+                if job is None:
+                    why = self._not_loaded_reason(job_type, task_file)
+                    return self.skip(job_type, SkipReason.NOT_LOADED, why, scheduled_time, run_id)
+                order = self._order_locks.get(job_type)
+                async with order or contextlib.nullcontext():
+                    return await self._gated(job, run_id, scheduled_time, trigger)
+
+    def spawn(
+        self,
+        job_type: str,
+        *,
+        scheduled_time: datetime | None = None,
+        trigger: Trigger = Trigger.MANUAL,
+    ) -> asyncio.Task[RunSummary]:
+        """Start a run in the background; `drain` waits for it like for any other."""
+        task = asyncio.create_task(
+            self.run(job_type, scheduled_time=scheduled_time, trigger=trigger),
+            name=f"run:{job_type}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def skip(
+        self,
+        job_type: str,
+        reason: SkipReason,
+        why: str,
+        scheduled_time: datetime | None = None,
+        run_id: str | None = None,
+        trigger: Trigger = Trigger.SCHEDULE,
+    ) -> RunSummary:
+        """Record a run that did not happen, and why. Safe to call from any thread."""
+        now = utcnow()
+        record = RunRecord(
+            run_id=run_id or uuid.uuid4().hex,
+            attempt=1,
+            job_type=job_type,
+            trigger=trigger,
+            started_at=now,
+            finished_at=now,
+            scheduled_at=scheduled_time,
+            instance=self._instance,
+            outcome=Outcome.SKIPPED,
+            skip_reason=reason,
+            error=summarize_error(why),
+        )
+        self._history.recorded(record)
+        log.warning("run skipped", job_type=job_type, run_id=record.run_id, reason=reason, why=why)
+        return RunSummary(record.run_id, job_type, Outcome.SKIPPED, 0, reason, why)
+
+    async def drain(self, grace_seconds: float) -> int:
+        """Let running runs finish for up to `grace_seconds`, then cancel the rest (recorded as
+        interrupted). Returns how many had to be cancelled."""
+        pending = {task for task in self._tasks if not task.done()}
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace_seconds)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        return len(pending)
+
+    @contextlib.asynccontextmanager
+    async def _tracked(self) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        added = task is not None and task not in self._tasks
+        if added and task is not None:
+            self._tasks.add(task)
+        try:
+            yield
+        finally:
+            if added and task is not None:
+                self._tasks.discard(task)
+
+    def _not_loaded_reason(self, job_type: str, task_file: str | None) -> str:
+        if task_file and task_file in self._not_loaded:
+            return f"its task file {task_file} failed to import: {self._not_loaded[task_file]}"
+        where = f"task file {task_file}" if task_file else "any task file"
+        return f"job {job_type!r} is not declared by {where} any more"
+
+    async def _gated(
+        self, job: ResolvedJob, run_id: str, scheduled_time: datetime | None, trigger: Trigger
+    ) -> RunSummary:
+        meta = job.metadata
+        try:
+            resources = await RequirementRegistry.acquire(meta.requirements)
+        except RequirementUnavailable as error:
+            return self.skip(
+                job.job_type, SkipReason.REQUIREMENT, str(error), scheduled_time, run_id, trigger
+            )
+        if self._check_dependencies:
+            blocker = self._states.dependency_blocker(meta.dependencies)
+            if blocker is not None:
+                return self.skip(
+                    job.job_type, SkipReason.DEPENDENCY, blocker, scheduled_time, run_id, trigger
+                )
+        self._states.started(job.job_type)
+        outcome = Outcome.INTERRUPTED
+        try:
+            summary = await self._attempts(job, run_id, scheduled_time, trigger, resources)
+            outcome = summary.outcome
+            return summary
+        finally:
+            self._states.finished(job.job_type, outcome, utcnow())
+
+    async def _attempts(
+        self,
+        job: ResolvedJob,
+        run_id: str,
+        scheduled_time: datetime | None,
+        trigger: Trigger,
+        resources: Mapping[str, object],
+    ) -> RunSummary:
+        config = job.config
+        attempt = 0
+        while True:
+            attempt += 1
+            context = JobContext(
+                JobType(job.job_type), config, run_id, attempt, scheduled_time, resources
+            )
+            record, retryable = await self._attempt(job, context, trigger)
+            final = record.outcome == Outcome.SUCCESS or not retryable
+            final = final or attempt > config.max_retries
+            record.dead_letter = final and record.outcome != Outcome.SUCCESS
+            self._history.finished(record)
+            _log_end(record)
+            if final:
+                return RunSummary(
+                    run_id,
+                    job.job_type,
+                    Outcome(record.outcome),
+                    attempt,
+                    None,
+                    record.error,
+                    record.items_succeeded,
+                    record.items_failed,
+                )
+            delay = retry_delay(config.retry_delay_seconds, attempt)
+            log.info("run will be retried", attempt=attempt, retry_in_seconds=round(delay, 3))
+            await asyncio.sleep(delay)
+
+    async def _attempt(
+        self, job: ResolvedJob, context: JobContext, trigger: Trigger
+    ) -> tuple[RunRecord, bool]:
+        """One attempt inside a worker slot; returns its record and whether a retry may follow."""
+        config = job.config
+        async with self._workers.slot(config.priority):
+            with structlog.contextvars.bound_contextvars(attempt=context.attempt):
+                record = RunRecord(
+                    run_id=context.run_id,
+                    attempt=context.attempt,
+                    job_type=job.job_type,
+                    trigger=trigger,
+                    started_at=utcnow(),
+                    scheduled_at=context.scheduled_time,
+                    instance=self._instance,
+                )
+                self._history.started(record)
+                lag = _lag_seconds(record)
+                log.info("run started", trigger=trigger, lag_seconds=lag)
+                retryable = True
+                try:
+                    results = await asyncio.wait_for(
+                        job.metadata.task_class().execute(context), config.timeout_seconds
+                    )
+                    _count_items(record, results)
+                except TimeoutError:
+                    record.outcome = Outcome.TIMEOUT
+                    record.error = f"timed out after {config.timeout_seconds:g}s"
+                    retryable = config.idempotent  # it may have done part of its work
+                except asyncio.CancelledError:
+                    record.outcome = Outcome.INTERRUPTED
+                    record.error = "cancelled: the scheduler was shutting down"
+                    record.finished_at = utcnow()
+                    self._history.finished(record)
+                    _log_end(record)
+                    raise
+                except NonRetryableError as error:
+                    record.outcome, record.error = Outcome.FAILURE, summarize_error(error)
+                    retryable = False
+                except Exception as error:
+                    record.outcome, record.error = Outcome.FAILURE, summarize_error(error)
+                    log.error("run raised", exc_info=error)
+                record.finished_at = utcnow()
+                return record, retryable and record.outcome != Outcome.SUCCESS
+
+
+def _count_items(record: RunRecord, results: object) -> None:
+    """Mark the attempt succeeded and count its result items, or failed if it returned junk."""
+    items = [] if results is None else results
+    if not isinstance(items, list | tuple) or not all(
+        isinstance(item, RunnerResult) for item in items
+    ):
+        record.outcome = Outcome.FAILURE
+        record.error = (
+            f"_execute_impl returned {type(results).__name__}, not a list of RunnerResult"
+        )
+        return
+    record.outcome = Outcome.SUCCESS
+    record.items_succeeded = sum(1 for item in items if item.success)
+    record.items_failed = len(items) - record.items_succeeded
+    for item in items:
+        if not item.success:
+            log.warning("item failed", message=item.message, item=type(item).__name__)
+
+
+def _lag_seconds(record: RunRecord) -> float | None:
+    if record.scheduled_at is None:
+        return None
+    return round((record.started_at - record.scheduled_at).total_seconds(), 6)
+
+
+def _log_end(record: RunRecord) -> None:
+    emit = log.info if record.outcome == Outcome.SUCCESS else log.warning
+    emit(
+        "run finished",
+        attempt=record.attempt,
+        outcome=record.outcome,
+        duration_seconds=record.duration_seconds,
+        items_succeeded=record.items_succeeded,
+        items_failed=record.items_failed,
+        error=record.error,
+        dead_letter=record.dead_letter,
+    )

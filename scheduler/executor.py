@@ -1,0 +1,63 @@
+"""The bridge from APScheduler's thread to the service's asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from datetime import datetime
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
+from apscheduler.executors.base import BaseExecutor
+
+from .errors import SchedulerError
+from .execution import RunCoordinator
+
+#: What every stored job references. It must never move: APScheduler deletes stored jobs whose
+#: function it cannot import.
+JOB_FUNCTION = "scheduler.executor:scheduled_run"
+
+
+def scheduled_run(job_type: str, task_file: str | None = None) -> None:
+    """The function stored with every job. Runs are dispatched by `LoopExecutor`, which hands
+    the job type to the service's RunCoordinator; nothing calls this directly."""
+    raise SchedulerError(
+        f"job {job_type!r} must be run by the scheduler service's executor, not called directly"
+    )
+
+
+class LoopExecutor(BaseExecutor):  # type: ignore[misc]
+    """Runs each due job as a coroutine on the service's event loop.
+
+    APScheduler's own `max_instances` accounting still applies: a run counts as an instance from
+    submission until its coroutine ends, retries included.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, coordinator: RunCoordinator) -> None:
+        super().__init__()
+        self._loop = loop
+        self._coordinator = coordinator
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        coroutine = self._coordinator.run_due(
+            job.id, run_times, job.misfire_grace_time, job.kwargs.get("task_file")
+        )
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        future.add_done_callback(
+            functools.partial(self._finished, job.id, job._jobstore_alias, run_times)
+        )
+
+    def _finished(
+        self,
+        job_id: str,
+        jobstore: str,
+        run_times: list[datetime],
+        future: concurrent.futures.Future[None],
+    ) -> None:
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            self._run_job_error(job_id, error, error.__traceback__)
+            return
+        events = [JobExecutionEvent(EVENT_JOB_EXECUTED, job_id, jobstore, t) for t in run_times]
+        self._run_job_success(job_id, events)

@@ -1,0 +1,336 @@
+"""Run history: one row per attempt of every run, in the scheduler's database.
+
+It is the audit log, the dead-letter list and the basis of crash recovery: a row is written as
+`running` when an attempt starts and completed when it ends, so after a crash the rows still
+`running` are exactly the attempts that were in flight. Writes go through `HistoryWriter`, one
+thread that commits whatever accumulated while its previous commit ran: group commit without
+added latency, and the asyncio loop never waits on the database.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    delete,
+    false,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from .outcomes import FINISHED, Outcome
+
+log = structlog.get_logger(__name__)
+
+VERSION_TABLE = "scheduler_alembic_version"
+ERROR_SUMMARY_LIMIT = 2000
+
+metadata = MetaData()
+runs = Table(
+    "scheduler_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(32), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("job_type", String(191), nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("scheduled_at", DateTime(timezone=True), nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("outcome", String(16), nullable=False),
+    Column("skip_reason", String(32), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("items_succeeded", Integer, nullable=False, server_default="0"),
+    Column("items_failed", Integer, nullable=False, server_default="0"),
+    Column("dead_letter", Boolean, nullable=False, server_default=false()),
+    Column("instance", String(255), nullable=False),
+    UniqueConstraint("run_id", "attempt", name="uq_scheduler_runs_run_attempt"),
+)
+
+
+def migrate(engine: Engine) -> None:
+    """Create or upgrade the scheduler's tables to the newest revision (Alembic)."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every datetime stored here is UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def summarize_error(error: BaseException | str) -> str:
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}".rstrip(": ")
+    return text if len(text) <= ERROR_SUMMARY_LIMIT else text[: ERROR_SUMMARY_LIMIT - 1] + "…"
+
+
+@dataclass
+class RunRecord:
+    """One attempt of one run, as it is stored."""
+
+    run_id: str
+    attempt: int
+    job_type: str
+    trigger: str
+    started_at: datetime
+    instance: str
+    scheduled_at: datetime | None = None
+    finished_at: datetime | None = None
+    outcome: str = Outcome.RUNNING
+    skip_reason: str | None = None
+    error: str | None = None
+    items_succeeded: int = 0
+    items_failed: int = 0
+    dead_letter: bool = False
+    id: int | None = field(default=None, compare=False)
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @classmethod
+    def from_row(cls, row: Any) -> RunRecord:
+        values = dict(row._mapping)
+        for key in ("scheduled_at", "started_at", "finished_at"):
+            values[key] = utc(values[key])
+        return cls(**values)
+
+
+_FINAL_FIELDS = ("finished_at", "outcome", "skip_reason", "error", "items_succeeded",
+                 "items_failed", "dead_letter")  # fmt: skip
+_finish_statement = (
+    update(runs)
+    .where(runs.c.run_id == bindparam("key_run_id"), runs.c.attempt == bindparam("key_attempt"))
+    .values({name: bindparam(name) for name in _FINAL_FIELDS})
+)
+
+
+class HistoryWriter:
+    """Writes run records from any thread, in order, batching whatever is waiting."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = 1000, retry_seconds: float = 0.5):
+        self._engine = engine
+        self._max_batch = max_batch
+        self._retry_seconds = retry_seconds
+        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._progress = threading.Condition()
+        self._submitted = 0
+        self._written = 0
+        self._stopping = threading.Event()
+        self._healthy = True
+        self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def healthy(self) -> bool:
+        """False while writes are failing (the database is unreachable)."""
+        return self._healthy
+
+    @property
+    def backlog(self) -> int:
+        return self._submitted - self._written
+
+    def started(self, record: RunRecord) -> None:
+        """Store the attempt as running; `finished` later completes the same row."""
+        self._put("insert", _insert_values(record))
+
+    def finished(self, record: RunRecord) -> None:
+        values = {name: getattr(record, name) for name in _FINAL_FIELDS}
+        self._put("finish", {"key_run_id": record.run_id, "key_attempt": record.attempt, **values})
+
+    def recorded(self, record: RunRecord) -> None:
+        """Store a complete record at once (a skipped run)."""
+        self._put("insert", _insert_values(record))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is committed; False on timeout."""
+        with self._progress:
+            target = self._submitted
+            return self._progress.wait_for(lambda: self._written >= target, timeout)
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Write what is queued (within `timeout`) and stop the thread."""
+        flushed = self.flush(timeout)
+        self._stopping.set()
+        self._queue.put(None)
+        self._thread.join(timeout=1.0)
+        return flushed
+
+    def _put(self, kind: str, values: dict[str, Any]) -> None:
+        with self._progress:
+            self._submitted += 1
+        self._queue.put((kind, values))
+
+    def _run(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            self._write_until_done(batch)
+            with self._progress:
+                self._written += len(batch)
+                self._progress.notify_all()
+
+    def _write_until_done(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        delay = self._retry_seconds
+        while True:
+            try:
+                with self._engine.begin() as connection:
+                    for kind, rows in _group(batch):
+                        statement = runs.insert() if kind == "insert" else _finish_statement
+                        connection.execute(statement, rows)
+            except IntegrityError as error:  # a bug, not an outage: retrying cannot help
+                log.error("run history batch rejected", error=str(error), rows=len(batch))
+                return
+            except SQLAlchemyError as error:
+                if self._healthy:
+                    log.warning("run history write failed; retrying", error=str(error))
+                self._healthy = False
+                if self._stopping.wait(delay):
+                    log.error("run history not written at shutdown", rows=len(batch))
+                    return
+                delay = min(delay * 2, 5.0)
+                continue
+            if not self._healthy:
+                log.info("run history writes recovered")
+            self._healthy = True
+            return
+
+
+def _insert_values(record: RunRecord) -> dict[str, Any]:
+    values = asdict(record)
+    del values["id"]
+    return values
+
+
+def _group(
+    batch: Iterable[tuple[str, dict[str, Any]]],
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Consecutive operations of one kind, so each group is one executemany, order kept."""
+    kind: str | None = None
+    rows: list[dict[str, Any]] = []
+    for item_kind, values in batch:
+        if item_kind != kind and rows:
+            yield kind or "", rows
+            rows = []
+        kind = item_kind
+        rows.append(values)
+    if rows:
+        yield kind or "", rows
+
+
+@dataclass(frozen=True)
+class JobHistorySummary:
+    """What the dependency gate needs to know about a job's past."""
+
+    last_outcome: str | None
+    last_success_at: datetime | None
+
+
+class RunHistory:
+    """Queries over the run history."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def recent(
+        self,
+        job_type: str | None = None,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        dead_letter_only: bool = False,
+    ) -> list[RunRecord]:
+        """Newest first."""
+        query = select(runs).order_by(runs.c.id.desc()).limit(limit).offset(offset)
+        if job_type is not None:
+            query = query.where(runs.c.job_type == job_type)
+        if dead_letter_only:
+            query = query.where(runs.c.dead_letter.is_(True))
+        with self._engine.connect() as connection:
+            return [RunRecord.from_row(row) for row in connection.execute(query)]
+
+    def summaries(self) -> dict[str, JobHistorySummary]:
+        """Each job's latest finished outcome and latest success."""
+        finished = [str(outcome) for outcome in FINISHED]
+        latest_ids = (
+            select(func.max(runs.c.id))
+            .where(runs.c.outcome.in_(finished))
+            .group_by(runs.c.job_type)
+            .scalar_subquery()
+        )
+        latest = select(runs.c.job_type, runs.c.outcome).where(runs.c.id.in_(latest_ids))
+        successes = (
+            select(runs.c.job_type, func.max(runs.c.finished_at))
+            .where(runs.c.outcome == Outcome.SUCCESS)
+            .group_by(runs.c.job_type)
+        )
+        with self._engine.connect() as connection:
+            outcomes = {row[0]: row[1] for row in connection.execute(latest)}
+            success_at = {row[0]: utc(row[1]) for row in connection.execute(successes)}
+        return {
+            job_type: JobHistorySummary(outcomes.get(job_type), success_at.get(job_type))
+            for job_type in outcomes.keys() | success_at.keys()
+        }
+
+    def mark_interrupted(self, now: datetime, reason: str) -> list[RunRecord]:
+        """Close every attempt left `running` by a process that is gone; return them."""
+        with self._engine.begin() as connection:
+            rows = connection.execute(select(runs).where(runs.c.outcome == Outcome.RUNNING))
+            records = [RunRecord.from_row(row) for row in rows]
+            if records:
+                connection.execute(
+                    update(runs)
+                    .where(runs.c.id.in_([record.id for record in records]))
+                    .values(outcome=Outcome.INTERRUPTED, finished_at=now, error=reason)
+                )
+        return records
+
+    def prune(self, before: datetime) -> int:
+        """Delete rows of runs that started before `before`; return how many."""
+        with self._engine.begin() as connection:
+            result = connection.execute(delete(runs).where(runs.c.started_at < before))
+            return result.rowcount or 0
+
+    def count(self, job_types: Sequence[str] | None = None) -> int:
+        query = select(func.count()).select_from(runs)
+        if job_types is not None:
+            query = query.where(runs.c.job_type.in_(job_types))
+        with self._engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())

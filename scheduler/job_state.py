@@ -1,0 +1,53 @@
+"""What the service knows about each job between runs: the basis of the dependency gate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from .history import JobHistorySummary
+from .outcomes import Outcome
+
+
+@dataclass
+class JobState:
+    running: int = 0
+    last_outcome: str | None = None
+    last_success_at: datetime | None = None
+
+
+class JobStates:
+    """Per-job run state, seeded from the run history and kept current by the runs."""
+
+    def __init__(self, history: Mapping[str, JobHistorySummary] | None = None) -> None:
+        self._states: dict[str, JobState] = {}
+        for job_type, summary in (history or {}).items():
+            self._states[job_type] = JobState(0, summary.last_outcome, summary.last_success_at)
+
+    def get(self, job_type: str) -> JobState:
+        return self._states.setdefault(job_type, JobState())
+
+    def started(self, job_type: str) -> None:
+        self.get(job_type).running += 1
+
+    def finished(self, job_type: str, outcome: str, at: datetime) -> None:
+        state = self.get(job_type)
+        state.running -= 1
+        state.last_outcome = outcome
+        if outcome == Outcome.SUCCESS:
+            state.last_success_at = at
+
+    def dependency_blocker(self, dependencies: Iterable[str]) -> str | None:
+        """Why a job with these dependencies may not run now, or None when it may."""
+        for dependency in dependencies:
+            state = self.get(dependency)
+            if state.running:
+                return f"dependency {dependency!r} is running"
+            if state.last_success_at is None:
+                return f"dependency {dependency!r} has never succeeded"
+            if state.last_outcome != Outcome.SUCCESS:
+                return (
+                    f"dependency {dependency!r} ended with {state.last_outcome} in its latest run"
+                )
+        return None

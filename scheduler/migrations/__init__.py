@@ -1,0 +1,1 @@
+"""Alembic migrations of the scheduler's own tables (the run history)."""

@@ -1,0 +1,141 @@
+"""Text and JSON renderings of jobs and runs, for the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .catalog import JobCatalog
+from .history import RunRecord
+from .job_config import ResolvedJob
+from .options import JobPriority
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}s"
+
+
+def display(value: object) -> str:
+    if isinstance(value, JobPriority):
+        return value.name
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def job_status(job: ResolvedJob, blocked: Mapping[str, list[str]]) -> str:
+    if not job.config.enabled:
+        return "disabled"
+    return "blocked" if job.job_type in blocked else "ready"
+
+
+def jobs_table(jobs: Sequence[ResolvedJob], blocked: Mapping[str, list[str]]) -> str:
+    header = ("JOB TYPE", "NAME", "STATUS", "INTERVAL", "PRIORITY", "CONCURRENT", "RETRIES",
+              "TIMEOUT", "BATCH", "REQUIRES", "DEPENDS ON")  # fmt: skip
+    rows = [header]
+    for job in jobs:
+        c, m = job.config, job.metadata
+        rows.append((
+            job.job_type, m.name, job_status(job, blocked), seconds(c.interval_seconds),
+            c.priority.name, str(c.max_concurrent),
+            f"{c.max_retries} every {seconds(c.retry_delay_seconds)}",
+            seconds(c.timeout_seconds), str(c.batch_size),
+            ", ".join(m.requirements) or "-", ", ".join(m.dependencies) or "-",
+        ))  # fmt: skip
+    return table(rows)
+
+
+def override_lines(jobs: Sequence[ResolvedJob]) -> list[str]:
+    lines = [
+        f"  {job.job_type}.{option} = {display(getattr(job.config, option))} from {origin}"
+        for job in jobs
+        for option, origin in job.origins.items()
+    ]
+    return ["", "Overridden values:", *lines] if lines else []
+
+
+def blocked_lines(blocked: Mapping[str, list[str]]) -> list[str]:
+    lines = [f"  {job_type}: {why}" for job_type, reasons in blocked.items() for why in reasons]
+    return ["", "Blocked (not run until this is fixed):", *lines] if lines else []
+
+
+def job_as_json(job: ResolvedJob, blocked: Mapping[str, list[str]]) -> dict[str, Any]:
+    meta = job.metadata
+    config = job.config.model_dump(mode="json")
+    config["priority"] = job.config.priority.name
+    return {
+        "job_type": job.job_type,
+        "name": meta.name,
+        "description": meta.description,
+        "task_class": meta.qualified_class_name,
+        "source": str(meta.source),
+        "status": job_status(job, blocked),
+        "blocked_by": blocked.get(job.job_type, []),
+        "config": config,
+        "requirements": list(meta.requirements),
+        "dependencies": list(meta.dependencies),
+        "overrides": {
+            option: {"source": origin.kind, "where": origin.where, "value": origin.raw}
+            for option, origin in job.origins.items()
+        },
+    }
+
+
+def catalog_as_json(catalog: JobCatalog, blocked: Mapping[str, list[str]]) -> dict[str, Any]:
+    return {
+        "tasks_dir": str(catalog.discovery.tasks_dir),
+        "jobs": [job_as_json(job, blocked) for job in catalog.jobs.values()],
+        "failures": [{"path": str(f.path), "error": f.error} for f in catalog.failures],
+        "problems": list(catalog.problems),
+        "warnings": list(catalog.warnings),
+    }
+
+
+def runs_table(records: Sequence[RunRecord]) -> str:
+    header = ("STARTED (UTC)", "JOB TYPE", "RUN", "ATTEMPT", "TRIGGER", "OUTCOME", "DURATION",
+              "ITEMS OK/FAILED", "ERROR")  # fmt: skip
+    rows = [header]
+    for r in records:
+        outcome = f"{r.outcome} ({r.skip_reason})" if r.skip_reason else r.outcome
+        if r.dead_letter:
+            outcome += " [dead letter]"
+        duration = r.duration_seconds
+        rows.append((
+            r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.job_type, r.run_id[:8], str(r.attempt),
+            r.trigger, outcome, "-" if duration is None else f"{duration:.3f}s",
+            f"{r.items_succeeded}/{r.items_failed}", (r.error or "").replace("\n", " ")[:80],
+        ))  # fmt: skip
+    return table(rows)
+
+
+def run_as_json(record: RunRecord) -> dict[str, Any]:
+    return {
+        "run_id": record.run_id,
+        "job_type": record.job_type,
+        "attempt": record.attempt,
+        "trigger": record.trigger,
+        "scheduled_at": _iso(record.scheduled_at),
+        "started_at": _iso(record.started_at),
+        "finished_at": _iso(record.finished_at),
+        "duration_seconds": record.duration_seconds,
+        "outcome": record.outcome,
+        "skip_reason": record.skip_reason,
+        "error": record.error,
+        "items_succeeded": record.items_succeeded,
+        "items_failed": record.items_failed,
+        "dead_letter": record.dead_letter,
+        "instance": record.instance,
+    }
+
+
+def _iso(moment: Any) -> str | None:
+    return None if moment is None else str(moment.isoformat())

@@ -1,0 +1,170 @@
+"""Bring the stored schedule in line with the discovered jobs, without resetting what is kept.
+
+`add_job(..., replace_existing=True)` at every start would reset each next run time to
+now + interval, so a job on a 1 h interval restarted every 50 min would never run. Instead:
+add what is new, change only what changed, and remove only what is really gone.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from apscheduler.triggers.interval import IntervalTrigger
+
+from .executor import JOB_FUNCTION
+from .job_config import ResolvedJob
+
+log = structlog.get_logger(__name__)
+
+#: An order-preserving job queues its due runs instead of skipping them; this bounds the queue.
+ORDERED_RUNS_QUEUE_LIMIT = 100
+#: New jobs start within this many seconds (or their interval, if shorter), each at its own
+#: stable offset, so jobs registered together do not all fall due in the same instant.
+FIRST_RUN_SPREAD_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class DesiredJob:
+    """How one job should look in the job store."""
+
+    job_type: str
+    name: str
+    interval_seconds: float
+    max_instances: int
+    coalesce: bool
+    misfire_grace_time: int | None
+    task_file: str
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"task_file": self.task_file}
+
+    def attributes(self) -> dict[str, Any]:
+        """The stored attributes that `modify_job` can update in place."""
+        return {
+            "name": self.name,
+            "func": JOB_FUNCTION,
+            "args": (self.job_type,),
+            "kwargs": self.kwargs,
+            "max_instances": self.max_instances,
+            "coalesce": self.coalesce,
+            "misfire_grace_time": self.misfire_grace_time,
+        }
+
+
+@dataclass
+class ReconcileReport:
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    rescheduled: list[str] = field(default_factory=list)
+    removed: dict[str, str] = field(default_factory=dict)
+    kept_not_loaded: dict[str, str] = field(default_factory=dict)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def desired_job(
+    job: ResolvedJob, task_file: str, *, coalesce: bool, misfire_grace_seconds: int
+) -> DesiredJob:
+    config = job.config
+    ordered = config.preserve_order
+    return DesiredJob(
+        job_type=job.job_type,
+        name=job.metadata.name,
+        interval_seconds=config.interval_seconds,
+        max_instances=ORDERED_RUNS_QUEUE_LIMIT if ordered else config.max_concurrent,
+        coalesce=False if ordered else coalesce,
+        misfire_grace_time=None if ordered else misfire_grace_seconds,
+        task_file=task_file,
+    )
+
+
+def first_run_time(job_type: str, interval_seconds: float, now: datetime) -> datetime:
+    fraction = zlib.crc32(job_type.encode()) / 2**32
+    spread = min(interval_seconds, FIRST_RUN_SPREAD_SECONDS)
+    return now + timedelta(seconds=fraction * spread)
+
+
+def reconcile(
+    scheduler: Any,
+    desired: Mapping[str, DesiredJob],
+    *,
+    disabled: Iterable[str],
+    failed_files: Mapping[str, str],
+    tasks_dir: Path,
+    now: datetime | None = None,
+) -> ReconcileReport:
+    """Reconcile `scheduler`'s job store with `desired` (enabled jobs, by job type).
+
+    `failed_files` maps the name of each task file that failed to import to its error: stored
+    jobs from those files are kept (their schedule survives a bad deploy).
+    """
+    now = now or datetime.now(UTC)
+    report = ReconcileReport()
+    stored = {job.id: job for job in scheduler.get_jobs()}
+    for job_type, want in desired.items():
+        job = stored.get(job_type)
+        if job is None:
+            scheduler.add_job(
+                JOB_FUNCTION,
+                trigger=IntervalTrigger(seconds=want.interval_seconds, timezone=UTC),
+                id=job_type,
+                next_run_time=first_run_time(job_type, want.interval_seconds, now),
+                **{k: v for k, v in want.attributes().items() if k != "func"},
+            )
+            report.added.append(job_type)
+            log.info("job added", job_type=job_type, interval_seconds=want.interval_seconds)
+            continue
+        changes = {k: v for k, v in want.attributes().items() if _stored(job, k) != v}
+        if changes:
+            scheduler.modify_job(job_type, **changes)
+            report.changed.append(job_type)
+            log.info("job updated", job_type=job_type, changed=sorted(changes))
+        if abs(job.trigger.interval_length - want.interval_seconds) > 1e-6:
+            scheduler.reschedule_job(
+                job_type, trigger=IntervalTrigger(seconds=want.interval_seconds, timezone=UTC)
+            )
+            report.rescheduled.append(job_type)
+            log.info(
+                "job interval changed",
+                job_type=job_type,
+                old_interval_seconds=job.trigger.interval_length,
+                interval_seconds=want.interval_seconds,
+            )
+        elif not changes:
+            report.unchanged.append(job_type)
+
+    disabled = set(disabled)
+    for job_type in stored.keys() - desired.keys():
+        task_file = stored[job_type].kwargs.get("task_file")
+        if task_file in failed_files:
+            report.kept_not_loaded[job_type] = task_file
+            log.warning(
+                "job kept, but its task file failed to import; its runs are skipped",
+                job_type=job_type,
+                task_file=task_file,
+                error=failed_files[task_file],
+            )
+            continue
+        if job_type in disabled:
+            reason = "disabled"
+        elif task_file and not (tasks_dir / task_file).exists():
+            reason = f"task file {task_file} was deleted"
+        else:
+            reason = f"no longer declared in {task_file or 'any task file'}"
+        scheduler.remove_job(job_type)
+        report.removed[job_type] = reason
+        log.info("job removed", job_type=job_type, reason=reason)
+    return report
+
+
+def _stored(job: Any, attribute: str) -> Any:
+    if attribute == "func":
+        return job.func_ref
+    value = getattr(job, attribute)
+    return tuple(value) if attribute == "args" else value
