@@ -14,6 +14,7 @@ import structlog
 from scheduler.discovery import TASKS_PACKAGE
 from scheduler.registry import JobRegistry
 from scheduler.requirements import RequirementRegistry
+from tests.support import ServiceFactory, require_postgres, temporary_database
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -75,3 +76,47 @@ def write_task(tasks_dir: Path) -> WriteTask:
         return path
 
     return write
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'db' / 'scheduler.db'}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the shared PostgreSQL server, dropped after the test."""
+    require_postgres()
+    with temporary_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test using it runs once on a SQLite file and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'scheduler.db'}"
+        return
+    require_postgres()
+    with temporary_database() as url:
+        yield url
+
+
+def _factory(tmp_path: Path, url: str, tasks_dir: Path) -> Iterator[ServiceFactory]:
+    factory = ServiceFactory(tmp_path, url, tasks_dir)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def services(tmp_path: Path, sqlite_url: str, tasks_dir: Path) -> Iterator[ServiceFactory]:
+    """Start scheduler services (subprocesses) on a SQLite file; all killed after the test."""
+    yield from _factory(tmp_path, sqlite_url, tasks_dir)
+
+
+@pytest.fixture
+def any_services(tmp_path: Path, database_url: str, tasks_dir: Path) -> Iterator[ServiceFactory]:
+    """Like `services`, once on SQLite and once on PostgreSQL."""
+    yield from _factory(tmp_path, database_url, tasks_dir)
