@@ -117,15 +117,19 @@ class RunCoordinator:
         misfire_grace_seconds: float | None,
         task_file: str | None = None,
     ) -> None:
-        """Run the scheduled times APScheduler handed over, in order, skipping those too late."""
-        async with self._tracked():
+        """Run the scheduled times APScheduler handed over, in order, skipping those too late.
+
+        An order-preserving job holds its order lock across all of them: a later submission
+        must not slip in between the run times of an earlier one.
+        """
+        async with self._tracked(), self._in_order(job_type):
             for run_time in run_times:
                 late = (utcnow() - run_time).total_seconds()
                 if misfire_grace_seconds is not None and late > misfire_grace_seconds:
                     why = f"started {late:.1f}s late, past the {misfire_grace_seconds:g}s grace"
                     self.skip(job_type, SkipReason.MISFIRE, why, run_time)
                     continue
-                await self.run(job_type, scheduled_time=run_time, task_file=task_file)
+                await self._run(job_type, run_time, Trigger.SCHEDULE, task_file)
 
     async def run(
         self,
@@ -136,16 +140,27 @@ class RunCoordinator:
         task_file: str | None = None,
     ) -> RunSummary:
         """One run of `job_type`, with every gate, its timeout and its retries."""
+        async with self._tracked(), self._in_order(job_type):
+            return await self._run(job_type, scheduled_time, trigger, task_file)
+
+    def _in_order(self, job_type: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The job's order lock if it preserves order (asyncio.Lock is first-come, first-served)."""
+        return self._order_locks.get(job_type) or contextlib.nullcontext()
+
+    async def _run(
+        self,
+        job_type: str,
+        scheduled_time: datetime | None,
+        trigger: Trigger,
+        task_file: str | None,
+    ) -> RunSummary:
         run_id = uuid.uuid4().hex
-        async with self._tracked():
-            with structlog.contextvars.bound_contextvars(job_type=job_type, run_id=run_id):
-                job = self._jobs.get(job_type)
-                if job is None:
-                    why = self._not_loaded_reason(job_type, task_file)
-                    return self.skip(job_type, SkipReason.NOT_LOADED, why, scheduled_time, run_id)
-                order = self._order_locks.get(job_type)
-                async with order or contextlib.nullcontext():
-                    return await self._gated(job, run_id, scheduled_time, trigger)
+        with structlog.contextvars.bound_contextvars(job_type=job_type, run_id=run_id):
+            job = self._jobs.get(job_type)
+            if job is None:
+                why = self._not_loaded_reason(job_type, task_file)
+                return self.skip(job_type, SkipReason.NOT_LOADED, why, scheduled_time, run_id)
+            return await self._gated(job, run_id, scheduled_time, trigger)
 
     def spawn(
         self,
