@@ -25,6 +25,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
@@ -67,6 +68,9 @@ runs = Table(
     Column("dead_letter", Boolean, nullable=False, server_default=false()),
     Column("instance", String(255), nullable=False),
     UniqueConstraint("run_id", "attempt", name="uq_scheduler_runs_run_attempt"),
+    Index("ix_scheduler_runs_job_type_id", "job_type", "id"),
+    Index("ix_scheduler_runs_outcome", "outcome"),
+    Index("ix_scheduler_runs_started_at", "started_at"),
 )
 
 

@@ -70,6 +70,18 @@ def test_check_fails_listing_every_problem(tasks_dir: Path, write_task: WriteTas
     assert "check failed: 2 problem(s)" in result.stderr
 
 
+def test_check_says_why_a_job_is_blocked_without_failing(
+    tasks_dir: Path, write_task: WriteTask
+) -> None:
+    write_task("good.py", GOOD_TASK.format(job_type="good"))
+    result = scheduler("check", "--tasks-dir", str(tasks_dir))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "warning: job 'good' is blocked: requirement 'wallet': no provider is registered; "
+        'declare one in a task file with @requirement("wallet")'
+    ) in result.stderr
+
+
 def test_tasks_dir_from_environment(tasks_dir: Path, write_task: WriteTask) -> None:
     write_task("good.py", GOOD_TASK.format(job_type="from_env"))
     result = scheduler("check", env={"SCHEDULER_TASKS_DIR": str(tasks_dir)})

@@ -1,0 +1,147 @@
+"""The run-history table and its writer, on a real SQLite file and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine
+
+from scheduler.database import create_database_engine
+from scheduler.history import (
+    VERSION_TABLE,
+    HistoryWriter,
+    RunHistory,
+    RunRecord,
+    metadata,
+    migrate,
+    runs,
+)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_database_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def record(job_type: str = "job", **fields: object) -> RunRecord:
+    values: dict[str, object] = {
+        "run_id": uuid.uuid4().hex,
+        "attempt": 1,
+        "job_type": job_type,
+        "trigger": "schedule",
+        "started_at": datetime.now(UTC),
+        "instance": "test:1",
+    }
+    values.update(fields)
+    return RunRecord(**values)  # type: ignore[arg-type]
+
+
+def test_migrations_match_the_table_the_code_uses(engine: Engine) -> None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        diff = compare_metadata(context, metadata)
+    assert diff == []
+    migrate(engine)  # idempotent
+
+
+def test_writer_inserts_then_completes_rows_in_order(engine: Engine) -> None:
+    writer = HistoryWriter(engine)
+    rows = [record(scheduled_at=datetime.now(UTC)) for _ in range(50)]
+    for row in rows:
+        writer.started(row)
+    for row in rows:
+        row.outcome, row.finished_at, row.items_succeeded = "success", datetime.now(UTC), 3
+        writer.finished(row)
+    writer.recorded(record("other", outcome="skipped", skip_reason="dependency", error="why"))
+    assert writer.close()
+    history = RunHistory(engine)
+    stored = history.recent("job", limit=100)
+    assert len(stored) == 50
+    assert {r.outcome for r in stored} == {"success"}
+    assert all(r.items_succeeded == 3 and r.finished_at is not None for r in stored)
+    assert stored[0].started_at.tzinfo is not None
+    (skipped,) = history.recent("other")
+    assert (skipped.skip_reason, skipped.error) == ("dependency", "why")
+
+
+def test_writes_from_many_threads_all_land(engine: Engine) -> None:
+    writer = HistoryWriter(engine)
+
+    def burst() -> None:
+        for _ in range(100):
+            writer.recorded(record(outcome="skipped"))
+
+    threads = [threading.Thread(target=burst) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert writer.flush(timeout=30)
+    assert RunHistory(engine).count() == 400
+    writer.close()
+
+
+def test_summaries_give_latest_outcome_and_latest_success(engine: Engine) -> None:
+    writer = HistoryWriter(engine)
+    t0 = datetime.now(UTC) - timedelta(minutes=5)
+    for job_type, outcome, minute in [
+        ("a", "success", 1),
+        ("a", "failure", 2),
+        ("a", "skipped", 3),
+        ("b", "success", 1),
+        ("c", "timeout", 1),
+    ]:
+        at = t0 + timedelta(minutes=minute)
+        writer.recorded(record(job_type, outcome=outcome, started_at=at, finished_at=at))
+    writer.close()
+    summaries = RunHistory(engine).summaries()
+    assert summaries["a"].last_outcome == "failure"
+    assert summaries["a"].last_success_at == t0 + timedelta(minutes=1)
+    assert summaries["b"].last_outcome == "success"
+    assert summaries["c"].last_success_at is None
+
+
+def test_mark_interrupted_and_prune(engine: Engine) -> None:
+    writer = HistoryWriter(engine)
+    old = record("old", started_at=datetime.now(UTC) - timedelta(days=40), outcome="success")
+    writer.recorded(old)
+    writer.started(record("inflight"))
+    writer.close()
+    history = RunHistory(engine)
+    (closed,) = history.mark_interrupted(datetime.now(UTC), "process died")
+    assert closed.job_type == "inflight"
+    (row,) = history.recent("inflight")
+    assert (row.outcome, row.error) == ("interrupted", "process died")
+    assert history.mark_interrupted(datetime.now(UTC), "again") == []
+    assert history.prune(datetime.now(UTC) - timedelta(days=30)) == 1
+    assert history.recent("old") == []
+
+
+def test_writer_keeps_its_batch_while_the_database_is_away(tmp_path: object) -> None:
+    engine = create_database_engine(f"sqlite:///{tmp_path}/h.db")
+    writer = HistoryWriter(engine, retry_seconds=0.05)
+    writer.recorded(record())  # no table yet: the write fails and is retried
+    assert not writer.flush(timeout=0.5)
+    assert not writer.healthy
+    migrate(engine)
+    assert writer.flush(timeout=10)
+    assert writer.healthy
+    assert RunHistory(engine).count() == 1
+    writer.close()
+    engine.dispose()
+
+
+def test_runs_table_has_the_audit_columns() -> None:
+    assert {c.name for c in runs.columns} >= {
+        "job_type", "run_id", "scheduled_at", "started_at", "finished_at", "attempt",
+        "outcome", "error", "items_succeeded", "items_failed", "dead_letter",
+    }  # fmt: skip

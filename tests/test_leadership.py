@@ -1,0 +1,113 @@
+"""One active instance per database: a second one waits, and takes over when the first dies.
+And a PostgreSQL outage: the service stays up and resumes on its own."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scheduler.leadership import FileLeaderLock, PostgresLeaderLock
+from tests.support import (
+    PrivateCluster,
+    ServiceFactory,
+    require_postgres,
+    task_source,
+    wait_until,
+)
+
+QUICK = "return [RunnerResult(success=True)]"
+
+
+def test_file_lock_admits_one_holder(tmp_path: Path) -> None:
+    first, second = FileLeaderLock(tmp_path / "db.lock"), FileLeaderLock(tmp_path / "db.lock")
+    assert first.try_acquire()
+    assert not second.try_acquire()
+    first.release()
+    assert second.try_acquire() and second.is_held()
+    second.release()
+
+
+def test_advisory_lock_admits_one_holder_and_notices_a_lost_connection(postgres_url: str) -> None:
+    first, second = PostgresLeaderLock(postgres_url), PostgresLeaderLock(postgres_url)
+    try:
+        assert first.try_acquire() and first.is_held()
+        assert not second.try_acquire()
+        first._connection.invalidate()  # type: ignore[union-attr]  # the connection breaks
+        assert not first.is_held()
+        assert wait_until(second.try_acquire, timeout=10, what="the lock to be free")
+    finally:
+        first.release()
+        second.release()
+
+
+def test_standby_runs_nothing_and_takes_over_when_the_active_one_dies(
+    any_services: ServiceFactory,
+) -> None:
+    any_services.write_task("beat.py", task_source("beat", QUICK, interval_seconds=0.3))
+    active = any_services()
+    active.wait_for_log("active: this instance runs the jobs")
+    any_services.wait_for_runs("beat", 2)
+    standby = any_services()
+    standby.wait_for_log("standby: another instance is active")
+    any_services.wait_for_runs("beat", len(any_services.finished("beat")) + 3)
+    assert {r.instance for r in any_services.runs("beat")} == {active.instance}
+
+    active.signal(signal.SIGKILL)
+    died = time.monotonic()
+    active.wait(10)
+    standby.wait_for_log("active: this instance runs the jobs", timeout=10)
+    wait_until(
+        lambda: [r for r in any_services.finished("beat") if r.instance == standby.instance],
+        timeout=10,
+        what="the standby's first run",
+    )
+    assert time.monotonic() - died < 10
+    assert standby.stop() == 0
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
+    """A PostgreSQL server of this test's own, which it may stop and start."""
+    require_postgres()
+    cluster = PrivateCluster(tmp_path / "pg").init()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_postgres_outage_is_survived_without_a_restart(
+    private_cluster: PrivateCluster, tmp_path: Path, tasks_dir: Path
+) -> None:
+    factory = ServiceFactory(tmp_path, private_cluster.url, tasks_dir)
+    try:
+        factory.write_task("pulse.py", task_source("pulse", QUICK, interval_seconds=0.5))
+        factory.write_task("hourly.py", task_source("hourly", QUICK, interval_seconds=3600))
+        service = factory()
+        factory.wait_for_runs("pulse", 3)
+        factory.wait_for_runs("hourly", 1)
+        hourly_next = factory.stored_next_run_time("hourly")
+        factory.engine.dispose()
+
+        private_cluster.stop()
+        service.wait_for_log("database unreachable", timeout=15)
+        outage_ends = time.monotonic() + 30  # the length of the outage is what is under test
+        while time.monotonic() < outage_ends:
+            assert service.process is not None and service.process.poll() is None, "it died"
+            time.sleep(0.5)
+        private_cluster.start()
+        back = time.monotonic()
+
+        before = len(factory.finished("pulse", "success"))
+        factory.wait_for_runs("pulse", before + 2, timeout=10)
+        assert time.monotonic() - back < 10
+        service.wait_for_log("database reachable again")
+        assert factory.stored_next_run_time("hourly") == hourly_next  # no schedule lost
+        assert service.stop() == 0
+    finally:
+        factory.close()

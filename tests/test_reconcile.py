@@ -1,0 +1,114 @@
+"""Reconcile against a real job store: add, keep, change, reschedule, remove, keep broken."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from scheduler.database import create_database_engine
+from scheduler.jobstore import GroupedSQLAlchemyJobStore
+from scheduler.reconcile import FIRST_RUN_SPREAD_SECONDS, DesiredJob, first_run_time, reconcile
+
+
+def desired(job_type: str, interval: float = 60, **changes: Any) -> DesiredJob:
+    values: dict[str, Any] = {
+        "job_type": job_type,
+        "name": job_type.title(),
+        "interval_seconds": interval,
+        "max_instances": 1,
+        "coalesce": True,
+        "misfire_grace_time": 60,
+        "task_file": f"{job_type}.py",
+    }
+    values.update(changes)
+    return DesiredJob(**values)
+
+
+@pytest.fixture
+def scheduler(tmp_path: Path) -> Iterator[Any]:
+    engine = create_database_engine(f"sqlite:///{tmp_path}/s.db")
+    scheduler = BackgroundScheduler(
+        jobstores={"default": GroupedSQLAlchemyJobStore(engine)}, timezone=UTC
+    )
+    scheduler.start(paused=True)
+    yield scheduler
+    scheduler.shutdown(wait=False)
+    engine.dispose()
+
+
+def jobs(scheduler: Any) -> dict[str, Any]:
+    return {job.id: job for job in scheduler.get_jobs()}
+
+
+def test_new_jobs_are_added_to_start_within_the_spread(scheduler: Any, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    report = reconcile(
+        scheduler, {"a": desired("a"), "b": desired("b", 0.5)}, disabled=[],
+        failed_files={}, tasks_dir=tmp_path, now=now,
+    )  # fmt: skip
+    assert sorted(report.added) == ["a", "b"]
+    stored = jobs(scheduler)
+    for job_type in ("a", "b"):
+        job = stored[job_type]
+        assert job.func_ref == "scheduler.executor:scheduled_run"
+        assert job.args == (job_type,) and job.kwargs == {"task_file": f"{job_type}.py"}
+        assert now <= job.next_run_time <= now + timedelta(seconds=FIRST_RUN_SPREAD_SECONDS)
+    assert stored["b"].next_run_time == first_run_time("b", 0.5, now)
+
+
+def test_unchanged_jobs_keep_their_next_run_time(scheduler: Any, tmp_path: Path) -> None:
+    reconcile(
+        scheduler, {"a": desired("a", 3600)}, disabled=[], failed_files={}, tasks_dir=tmp_path
+    )
+    before = jobs(scheduler)["a"].next_run_time
+    report = reconcile(
+        scheduler, {"a": desired("a", 3600)}, disabled=[], failed_files={}, tasks_dir=tmp_path,
+        now=datetime.now(UTC) + timedelta(minutes=50),
+    )  # fmt: skip
+    assert report.unchanged == ["a"]
+    assert jobs(scheduler)["a"].next_run_time == before
+
+
+def test_changed_attributes_and_interval(scheduler: Any, tmp_path: Path) -> None:
+    reconcile(
+        scheduler, {"a": desired("a", 3600)}, disabled=[], failed_files={}, tasks_dir=tmp_path
+    )
+    before = jobs(scheduler)["a"].next_run_time
+    report = reconcile(
+        scheduler, {"a": desired("a", 3600, max_instances=3, name="Renamed")}, disabled=[],
+        failed_files={}, tasks_dir=tmp_path,
+    )  # fmt: skip
+    assert report.changed == ["a"] and report.rescheduled == []
+    job = jobs(scheduler)["a"]
+    assert (job.max_instances, job.name, job.next_run_time) == (3, "Renamed", before)
+    report = reconcile(
+        scheduler, {"a": desired("a", 5, max_instances=3, name="Renamed")}, disabled=[],
+        failed_files={}, tasks_dir=tmp_path,
+    )  # fmt: skip
+    assert report.rescheduled == ["a"]
+    job = jobs(scheduler)["a"]
+    assert job.trigger.interval_length == 5
+    assert job.next_run_time < datetime.now(UTC) + timedelta(seconds=6)
+
+
+def test_removed_disabled_and_broken_jobs(scheduler: Any, tmp_path: Path) -> None:
+    everything = {name: desired(name) for name in ("kept", "deleted", "moved", "off", "broken")}
+    reconcile(scheduler, everything, disabled=[], failed_files={}, tasks_dir=tmp_path)
+    (tmp_path / "moved.py").write_text("# the job was renamed away\n")
+    (tmp_path / "broken.py").write_text("def (:\n")
+    report = reconcile(
+        scheduler, {"kept": desired("kept")}, disabled=["off"],
+        failed_files={"broken.py": "SyntaxError: invalid syntax (line 1)"}, tasks_dir=tmp_path,
+    )  # fmt: skip
+    assert report.removed == {
+        "deleted": "task file deleted.py was deleted",
+        "moved": "no longer declared in moved.py",
+        "off": "disabled",
+    }
+    assert report.kept_not_loaded == {"broken": "broken.py"}
+    assert set(jobs(scheduler)) == {"kept", "broken"}
