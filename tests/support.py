@@ -32,6 +32,22 @@ PG_ADMIN_URL = os.environ.get(
 IN_CI = bool(os.environ.get("CI"))
 
 
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m scheduler ARGS` in a clean environment (no inherited SCHEDULER_* variables)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
 def wait_until(
     condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.05, what: str = ""
 ) -> T:

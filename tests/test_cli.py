@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.conftest import FIXTURES, REPO_ROOT, WriteTask
+from tests.support import run_cli
 
 GOOD_TASK = """
     from scheduler import BaseTask, JobContext, RunnerResult, job
@@ -23,16 +23,7 @@ GOOD_TASK = """
 def scheduler(
     *args: str, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT
 ) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "scheduler", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        cwd=cwd,
-        timeout=60,
-    )
+    return run_cli(*args, cwd=cwd, env=env)
 
 
 def test_console_script_is_installed() -> None:

@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support import ServiceFactory, task_source
+from tests.support import ServiceFactory, run_cli, task_source
 
 QUICK = "return [RunnerResult(success=True)]"
 
 
-def scheduler(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "scheduler", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        cwd=cwd,
-        timeout=120,
-    )
-
-
 def test_run_job_succeeds_with_exit_0(tmp_path: Path, tasks_dir: Path) -> None:
     (tasks_dir / "hello.py").write_text(task_source("hello", QUICK), encoding="utf-8")
-    result = scheduler("run-job", "hello", "--tasks-dir", str(tasks_dir), cwd=tmp_path)
+    result = run_cli("run-job", "hello", "--tasks-dir", str(tasks_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "hello: success after 1 attempt(s), items 1 ok / 0 failed" in result.stdout
 
@@ -45,7 +27,7 @@ def test_run_job_retries_and_exits_1_on_failure(tmp_path: Path, tasks_dir: Path)
         ),
         encoding="utf-8",
     )
-    result = scheduler("run-job", "bad", "--tasks-dir", str(tasks_dir), cwd=tmp_path)
+    result = run_cli("run-job", "bad", "--tasks-dir", str(tasks_dir), cwd=tmp_path)
     assert result.returncode == 1
     assert "bad: failure after 3 attempt(s)" in result.stdout
     assert "RuntimeError: attempt 3" in result.stdout
@@ -56,14 +38,14 @@ def test_run_job_honours_the_timeout(tmp_path: Path, tasks_dir: Path) -> None:
         task_source("slow", "await asyncio.sleep(60)", timeout_seconds=0.2, idempotent=False),
         encoding="utf-8",
     )
-    result = scheduler("run-job", "slow", "--tasks-dir", str(tasks_dir), cwd=tmp_path)
+    result = run_cli("run-job", "slow", "--tasks-dir", str(tasks_dir), cwd=tmp_path)
     assert result.returncode == 1
     assert "slow: timeout after 1 attempt(s)" in result.stdout
 
 
 def test_run_job_unknown_job_names_the_known_ones(tmp_path: Path, tasks_dir: Path) -> None:
     (tasks_dir / "hello.py").write_text(task_source("hello", QUICK), encoding="utf-8")
-    result = scheduler("run-job", "helo", "--tasks-dir", str(tasks_dir), cwd=tmp_path)
+    result = run_cli("run-job", "helo", "--tasks-dir", str(tasks_dir), cwd=tmp_path)
     assert result.returncode == 1
     assert "no job 'helo'" in result.stderr and "known: hello" in result.stderr
 
@@ -74,7 +56,7 @@ def test_run_refuses_invalid_configuration(tmp_path: Path, tasks_dir: Path) -> N
     (tasks_dir / "c.py").write_text(
         task_source("c", QUICK, dependencies=["nope"]), encoding="utf-8"
     )
-    result = scheduler(
+    result = run_cli(
         "run",
         cwd=tmp_path,
         env={"SCHEDULER_TASKS_DIR": str(tasks_dir), "A_INTERVAL_SECONDS": "-1"},
@@ -87,7 +69,7 @@ def test_run_refuses_invalid_configuration(tmp_path: Path, tasks_dir: Path) -> N
 
 
 def test_run_refuses_an_in_memory_database(tmp_path: Path, tasks_dir: Path) -> None:
-    result = scheduler(
+    result = run_cli(
         "run",
         cwd=tmp_path,
         env={"SCHEDULER_TASKS_DIR": str(tasks_dir), "SCHEDULER_DATABASE_URL": "sqlite://"},
@@ -108,16 +90,16 @@ def test_history_lists_runs_and_the_dead_letters(services: ServiceFactory) -> No
     assert service.stop() == 0
     env = {"SCHEDULER_DATABASE_URL": services.database_url}
 
-    table = scheduler("history", cwd=services.workdir, env=env)
+    table = run_cli("history", cwd=services.workdir, env=env)
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines()[0].split()[:3] == ["STARTED", "(UTC)", "JOB"]
     assert "fine" in table.stdout and "doomed" in table.stdout
 
-    only = json.loads(scheduler("history", "fine", "--json", cwd=services.workdir, env=env).stdout)
+    only = json.loads(run_cli("history", "fine", "--json", cwd=services.workdir, env=env).stdout)
     assert only and {row["job_type"] for row in only} == {"fine"}
     assert all(row["outcome"] == "success" and row["duration_seconds"] >= 0 for row in only)
 
-    dead = scheduler("history", "--dead-letter", "--json", cwd=services.workdir, env=env)
+    dead = run_cli("history", "--dead-letter", "--json", cwd=services.workdir, env=env)
     (row,) = json.loads(dead.stdout)
     assert (row["job_type"], row["outcome"], row["error"]) == (
         "doomed",
