@@ -34,7 +34,8 @@ class FileLeaderLock:
     def __init__(self, path: Path) -> None:
         self.description = f"file lock {path}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = filelock.FileLock(path, is_singleton=False)
+        # Not thread-local: the service acquires and checks it from different worker threads.
+        self._lock = filelock.FileLock(path, is_singleton=False, thread_local=False)
 
     def try_acquire(self) -> bool:
         try:

@@ -111,3 +111,16 @@ def test_postgres_outage_is_survived_without_a_restart(
         assert service.stop() == 0
     finally:
         factory.close()
+
+
+def test_file_lock_is_held_whichever_thread_asks(tmp_path: Path) -> None:
+    import threading
+
+    lock = FileLeaderLock(tmp_path / "db.lock")
+    assert lock.try_acquire()
+    seen: list[bool] = []
+    checker = threading.Thread(target=lambda: seen.append(lock.is_held()))
+    checker.start()
+    checker.join()
+    assert seen == [True]
+    lock.release()
