@@ -43,6 +43,29 @@ class HistorySink(Protocol):
     def recorded(self, record: RunRecord) -> None: ...
 
 
+class RunObserver(Protocol):
+    """What the coordinator reports as runs happen (the metrics implement it)."""
+
+    def skipped(self, job_type: str, reason: SkipReason) -> None: ...
+    def attempt_started(self, job_type: str, lag_seconds: float | None) -> None: ...
+    def attempt_finished(self, record: RunRecord) -> None: ...
+    def retrying(self, job_type: str) -> None: ...
+
+
+class NoObserver:
+    def skipped(self, job_type: str, reason: SkipReason) -> None:
+        pass
+
+    def attempt_started(self, job_type: str, lag_seconds: float | None) -> None:
+        pass
+
+    def attempt_finished(self, record: RunRecord) -> None:
+        pass
+
+    def retrying(self, job_type: str) -> None:
+        pass
+
+
 class NoHistory:
     """For one-off runs outside the service (`scheduler run-job`): records nothing."""
 
@@ -93,6 +116,7 @@ class RunCoordinator:
         instance: str,
         not_loaded: Mapping[str, str] | None = None,
         check_dependencies: bool = True,
+        observer: RunObserver | None = None,
     ) -> None:
         self._jobs = jobs
         self._history = history
@@ -101,6 +125,7 @@ class RunCoordinator:
         self._instance = instance
         self._not_loaded = dict(not_loaded or {})  # task file name -> why it failed to import
         self._check_dependencies = check_dependencies
+        self._observer = observer or NoObserver()
         self._order_locks = {
             job_type: asyncio.Lock() for job_type, job in jobs.items() if job.config.preserve_order
         }
@@ -203,6 +228,8 @@ class RunCoordinator:
             error=summarize_error(why),
         )
         self._history.recorded(record)
+        self._states.skipped(job_type, reason, why, now)
+        self._observer.skipped(job_type, reason)
         log.warning("run skipped", job_type=job_type, run_id=record.run_id, reason=reason, why=why)
         return RunSummary(record.run_id, job_type, Outcome.SKIPPED, 0, reason, why)
 
@@ -254,12 +281,13 @@ class RunCoordinator:
                 )
         self._states.started(job.job_type)
         outcome = Outcome.INTERRUPTED
+        last_error: str | None = "cancelled: the scheduler was shutting down"
         try:
             summary = await self._attempts(job, run_id, scheduled_time, trigger, resources)
-            outcome = summary.outcome
+            outcome, last_error = summary.outcome, summary.error
             return summary
         finally:
-            self._states.finished(job.job_type, outcome, utcnow())
+            self._states.finished(job.job_type, outcome, utcnow(), last_error)
 
     async def _attempts(
         self,
@@ -294,6 +322,7 @@ class RunCoordinator:
                     record.items_failed,
                 )
             delay = retry_delay(config.retry_delay_seconds, attempt)
+            self._observer.retrying(job.job_type)
             log.info("run will be retried", attempt=attempt, retry_in_seconds=round(delay, 3))
             await asyncio.sleep(delay)
 
@@ -316,6 +345,7 @@ class RunCoordinator:
                 self._history.started(record)
                 lag = _lag_seconds(record)
                 log.info("run started", trigger=trigger, lag_seconds=lag)
+                self._observer.attempt_started(job.job_type, lag)
                 retryable = True
                 try:
                     results = await asyncio.wait_for(
@@ -330,6 +360,7 @@ class RunCoordinator:
                     record.outcome = Outcome.INTERRUPTED
                     record.error = "cancelled: the scheduler was shutting down"
                     record.finished_at = utcnow()
+                    self._observer.attempt_finished(record)
                     self._history.finished(record)
                     _log_end(record)
                     raise
@@ -340,6 +371,7 @@ class RunCoordinator:
                     record.outcome, record.error = Outcome.FAILURE, summarize_error(error)
                     log.error("run raised", exc_info=error)
                 record.finished_at = utcnow()
+                self._observer.attempt_finished(record)
                 return record, retryable and record.outcome != Outcome.SUCCESS
 
 

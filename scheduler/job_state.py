@@ -10,11 +10,31 @@ from .history import JobHistorySummary
 from .outcomes import Outcome
 
 
+@dataclass(frozen=True)
+class Skip:
+    reason: str
+    why: str
+    at: datetime
+
+
 @dataclass
 class JobState:
     running: int = 0
     last_outcome: str | None = None
     last_success_at: datetime | None = None
+    last_finished_at: datetime | None = None
+    last_error: str | None = None
+    last_skip: Skip | None = None
+
+    @property
+    def blocked_by(self) -> Skip | None:
+        """The latest skip, if nothing ran since (the job is blocked by that, for now)."""
+        skip = self.last_skip
+        if skip is None or skip.reason in ("max_instances", "misfire"):
+            return None
+        if self.last_finished_at is not None and self.last_finished_at > skip.at:
+            return None
+        return skip
 
 
 class JobStates:
@@ -31,12 +51,17 @@ class JobStates:
     def started(self, job_type: str) -> None:
         self.get(job_type).running += 1
 
-    def finished(self, job_type: str, outcome: str, at: datetime) -> None:
+    def finished(self, job_type: str, outcome: str, at: datetime, error: str | None = None) -> None:
         state = self.get(job_type)
         state.running -= 1
         state.last_outcome = outcome
+        state.last_finished_at = at
+        state.last_error = error
         if outcome == Outcome.SUCCESS:
             state.last_success_at = at
+
+    def skipped(self, job_type: str, reason: str, why: str, at: datetime) -> None:
+        self.get(job_type).last_skip = Skip(reason, why, at)
 
     def dependency_blocker(self, dependencies: Iterable[str]) -> str | None:
         """Why a job with these dependencies may not run now, or None when it may."""

@@ -35,6 +35,8 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         self._pending_lock = threading.RLock()
         self._retry_seconds = retry_seconds
         self.healthy = True
+        #: Each stored job's next run time, kept as the store writes (read by status and metrics).
+        self.next_run_times: dict[str, datetime | None] = {}
         table = self.jobs_t
         self._update = (
             table.update()
@@ -44,6 +46,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
 
     def update_job(self, job: Any) -> None:
         state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
+        self.next_run_times[job.id] = job.next_run_time
         with self._pending_lock:
             self._pending[job.id] = {
                 "job_id": job.id,
@@ -91,21 +94,25 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
     def get_all_jobs(self) -> list[Any]:
         self.flush()
         jobs: list[Any] = super().get_all_jobs()
+        self.next_run_times = {job.id: job.next_run_time for job in jobs}
         return jobs
 
     def add_job(self, job: Any) -> None:
         self.flush()
         super().add_job(job)
+        self.next_run_times[job.id] = job.next_run_time
 
     def remove_job(self, job_id: str) -> None:
         with self._pending_lock:
             self._pending.pop(job_id, None)
         super().remove_job(job_id)
+        self.next_run_times.pop(job_id, None)
 
     def remove_all_jobs(self) -> None:
         with self._pending_lock:
             self._pending.clear()
         super().remove_all_jobs()
+        self.next_run_times.clear()
 
     def shutdown(self) -> None:
         try:

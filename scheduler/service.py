@@ -9,7 +9,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -23,12 +22,15 @@ from .database import create_database_engine, redact
 from .execution import RunCoordinator
 from .executor import LoopExecutor
 from .history import HistoryWriter, RunHistory, migrate
+from .http import HttpServer, create_app
 from .job_state import JobStates
 from .jobstore import GroupedSQLAlchemyJobStore
 from .leadership import LeaderLock, leader_lock_for
+from .metrics import SchedulerMetrics, ServiceStatus
 from .outcomes import SkipReason, Trigger
 from .reconcile import desired_job, reconcile
 from .settings import ServiceSettings
+from .status import Health, health_problems, jobs_overview, service_status
 from .workers import PriorityWorkerPool
 
 log = structlog.get_logger(__name__)
@@ -37,16 +39,7 @@ T = TypeVar("T")
 
 INTERRUPTED_BY_CRASH = "the scheduler process stopped during this run (killed or crashed)"
 PRUNE_EVERY_SECONDS = 3600.0
-
-
-@dataclass
-class Health:
-    """What /healthz and the metrics report about the service itself."""
-
-    leader: bool = False
-    database_ok: bool = False
-    heartbeat_at: float = 0.0
-    scheduler_alive: bool = False
+LOOP_LAG_PROBE_SECONDS = 0.25
 
 
 class SchedulerService:
@@ -61,7 +54,33 @@ class SchedulerService:
         self._lock: LeaderLock | None = None
         self._scheduler: Any = None
         self._coordinator: RunCoordinator | None = None
+        self._store: GroupedSQLAlchemyJobStore | None = None
+        self._states: JobStates | None = None
+        self._not_loaded: dict[str, str] = {}
         self._last_prune = 0.0
+        self.metrics = SchedulerMetrics(self._status)
+        self.metrics.initialise(catalog.jobs)
+
+    # What the HTTP endpoints read (ServiceView).
+    @property
+    def metrics_registry(self) -> Any:
+        return self.metrics.registry
+
+    @property
+    def is_leader(self) -> bool:
+        return self.health.leader
+
+    def health_problems(self) -> list[str]:
+        return health_problems(self.health, self.settings.heartbeat_seconds)
+
+    def jobs_overview(self) -> list[dict[str, Any]]:
+        return jobs_overview(self.catalog, self._states, self._next_runs(), self._not_loaded)
+
+    def _status(self) -> ServiceStatus:
+        return service_status(self.health, self.catalog, self._states, self._next_runs())
+
+    def _next_runs(self) -> dict[str, datetime | None]:
+        return dict(self._store.next_run_times) if self._store is not None else {}
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -79,6 +98,10 @@ class SchedulerService:
             jobs=list(self.catalog.jobs),
             failed_task_files=[str(f.path) for f in self.catalog.failures],
         )
+        http = HttpServer(create_app(self), self.settings.http_host, self.settings.http_port)
+        await http.start()
+        log.info("http listening", host=self.settings.http_host, port=self.settings.http_port)
+        probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag")
         try:
             self._engine = create_database_engine(self.settings.database_url)
             if await self._until_database_ready():
@@ -86,6 +109,8 @@ class SchedulerService:
                 await self._supervise()
         finally:
             await self._shutdown()
+            probe.cancel()
+            await http.stop()
 
     def _on_signal(self, signum: int) -> None:
         log.info("stop requested", signal=signal.Signals(signum).name)
@@ -132,14 +157,30 @@ class SchedulerService:
             elif not await asyncio.to_thread(self._lock.is_held):
                 self._lose_leadership()
             await self._check_database()
-            self.health.heartbeat_at = time.time()
-            self.health.scheduler_alive = self._scheduler_thread_alive()
+            self._beat()
             if self.health.leader and time.monotonic() - self._last_prune > PRUNE_EVERY_SECONDS:
                 await self._prune_history()
             interval = self.settings.heartbeat_seconds
             if not self.health.leader:
                 interval = self.settings.standby_poll_seconds
             await self._sleep(interval)
+
+    def _beat(self) -> None:
+        health = self.health
+        health.heartbeat_at = time.time()
+        health.scheduler_alive = self._scheduler_thread_alive()
+        health.job_store_ok = self._store.healthy if self._store is not None else True
+        writer = self._history_writer
+        health.history_ok = writer.healthy if writer is not None else True
+
+    async def _probe_loop_lag(self) -> None:
+        """How late the loop wakes a timer: a loop busy with blocking work shows here."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LOOP_LAG_PROBE_SECONDS)
+            lag = loop.time() - started - LOOP_LAG_PROBE_SECONDS
+            self.health.event_loop_lag_seconds = max(lag, 0.0)
 
     async def _lead(self) -> None:
         """Become the active instance: recover, reconcile, then let the scheduler run."""
@@ -152,13 +193,15 @@ class SchedulerService:
         log.info("active: this instance runs the jobs", instance=self.instance)
         history = RunHistory(self._engine)
         summaries = await asyncio.to_thread(history.summaries)
+        self._states = JobStates(summaries)
         self._coordinator = RunCoordinator(
             self.catalog.jobs,
             history=self._history_writer,
-            states=JobStates(summaries),
+            states=self._states,
             workers=PriorityWorkerPool(self.settings.max_workers),
             instance=self.instance,
             not_loaded={f.path.name: f.error for f in self.catalog.failures},
+            observer=self.metrics,
         )
         self._scheduler = self._build_scheduler(self._coordinator)
         await asyncio.to_thread(self._scheduler.start, paused=True)
@@ -171,8 +214,9 @@ class SchedulerService:
 
     def _build_scheduler(self, coordinator: RunCoordinator) -> Any:
         assert self._engine is not None
+        self._store = GroupedSQLAlchemyJobStore(self._engine)
         scheduler = BackgroundScheduler(
-            jobstores={"default": GroupedSQLAlchemyJobStore(self._engine)},
+            jobstores={"default": self._store},
             executors={"default": LoopExecutor(asyncio.get_running_loop(), coordinator)},
             timezone=UTC,
             jobstore_retry_interval=1,
@@ -204,13 +248,18 @@ class SchedulerService:
                 coalesce=settings.coalesce,
                 misfire_grace_seconds=settings.misfire_grace_seconds,
             )
-        reconcile(
+        failed_files = {f.path.name: f.error for f in catalog.failures}
+        report = reconcile(
             self._scheduler,
             desired,
             disabled=disabled,
-            failed_files={f.path.name: f.error for f in catalog.failures},
+            failed_files=failed_files,
             tasks_dir=catalog.discovery.tasks_dir,
         )
+        self._not_loaded = {
+            job_type: f"its task file {task_file} failed to import: {failed_files[task_file]}"
+            for job_type, task_file in report.kept_not_loaded.items()
+        }
 
     def _rerun_interrupted(self, interrupted: list[Any]) -> None:
         """Close out runs a dead process left behind; run the idempotent ones again."""

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BeforeValidator,
+    Field,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
@@ -21,6 +22,7 @@ from .suggestions import did_you_mean
 
 ENV_PREFIX = "SCHEDULER_"
 DEFAULT_DATABASE_URL = "sqlite:///data/scheduler.db"
+DEFAULT_HTTP_PORT = 9480
 
 
 def _upper(value: object) -> object:
@@ -71,6 +73,9 @@ class ServiceSettings(BaseSettings):
     heartbeat_seconds: PositiveFloat = 2.0
     #: How long a standby waits between attempts to become the active instance.
     standby_poll_seconds: PositiveFloat = 2.0
+    #: Where /metrics, /healthz, /readyz and the API listen. 0.0.0.0 to listen on all interfaces.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=DEFAULT_HTTP_PORT, ge=1, le=65535)
 
 
 def load_settings(**overrides: Any) -> ServiceSettings:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -92,6 +94,23 @@ class ServiceProcess:
         self.env = env
         self.log_path = workdir / f"service-{uuid.uuid4().hex[:8]}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.http_port = free_port()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str, timeout: float = 10) -> tuple[int, bytes]:
+        """GET `path` from the service's HTTP port: (status, body), 4xx/5xx included."""
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def get_json(self, path: str) -> tuple[int, Any]:
+        status, body = self.get(path)
+        return status, json.loads(body)
 
     def start(self, **extra_env: str) -> ServiceProcess:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
@@ -102,6 +121,7 @@ class ServiceProcess:
             SCHEDULER_LOG_LEVEL="INFO",
             SCHEDULER_HEARTBEAT_SECONDS="0.5",
             SCHEDULER_STANDBY_POLL_SECONDS="0.5",
+            SCHEDULER_HTTP_PORT=str(self.http_port),
         )
         environ.update(self.env)
         environ.update(extra_env)

@@ -1,0 +1,134 @@
+"""What the service says about itself: health, each job's state, the scrape-time gauges."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .catalog import JobCatalog
+from .job_state import JobStates
+from .metrics import JobStatus, ServiceStatus
+
+
+@dataclass
+class Health:
+    """Facts the heartbeat keeps current."""
+
+    leader: bool = False
+    database_ok: bool = False
+    heartbeat_at: float = 0.0
+    scheduler_alive: bool = False
+    job_store_ok: bool = True
+    history_ok: bool = True
+    event_loop_lag_seconds: float = 0.0
+
+
+def health_problems(
+    health: Health, heartbeat_seconds: float, now: float | None = None
+) -> list[str]:
+    """Why the service is unhealthy; empty when it is healthy."""
+    now = time.time() if now is None else now
+    problems = []
+    stale_after = max(3 * heartbeat_seconds, 10.0)
+    age = now - health.heartbeat_at
+    if age > stale_after:
+        problems.append(f"heartbeat is {age:.0f}s old (stale after {stale_after:g}s)")
+    if not health.database_ok:
+        problems.append("database unreachable")
+    if health.leader and not health.scheduler_alive:
+        problems.append("scheduler thread is not running")
+    if not health.job_store_ok:
+        problems.append("job store unreachable")
+    if not health.history_ok:
+        problems.append("run history writes are failing")
+    return problems
+
+
+def job_state(
+    job_type: str,
+    catalog: JobCatalog,
+    states: JobStates | None,
+    scheduled: bool,
+    not_loaded: Mapping[str, str],
+) -> tuple[str, str | None]:
+    """(state, why): scheduled, disabled, blocked (with why), not_loaded (with why), unscheduled."""
+    job = catalog.jobs.get(job_type)
+    if job is None:
+        return "not_loaded", not_loaded.get(job_type, "its task file failed to import")
+    if not job.config.enabled:
+        return "disabled", None
+    blocked = states.get(job_type).blocked_by if states is not None else None
+    if blocked is not None:
+        return "blocked", f"{blocked.reason}: {blocked.why}"
+    return ("scheduled" if scheduled else "unscheduled"), None
+
+
+def jobs_overview(
+    catalog: JobCatalog,
+    states: JobStates | None,
+    next_runs: Mapping[str, datetime | None],
+    not_loaded: Mapping[str, str],
+) -> list[dict[str, Any]]:
+    """Each job for /api/jobs: effective configuration, state, next run and latest outcome.
+
+    `not_loaded` maps the stored jobs whose task file failed to import to why.
+    """
+    overview = []
+    for job_type in [*catalog.jobs, *(j for j in not_loaded if j not in catalog.jobs)]:
+        job = catalog.jobs.get(job_type)
+        scheduled = next_runs.get(job_type) is not None
+        state, why = job_state(job_type, catalog, states, scheduled, not_loaded)
+        js = states.get(job_type) if states is not None else None
+        config = job.config.model_dump(mode="json") if job else None
+        if job is not None and config is not None:
+            config["priority"] = job.config.priority.name
+        overview.append(
+            {
+                "job_type": job_type,
+                "name": job.metadata.name if job else job_type,
+                "state": state,
+                "state_reason": why,
+                "config": config,
+                "requirements": list(job.metadata.requirements) if job else [],
+                "dependencies": list(job.metadata.dependencies) if job else [],
+                "next_run_time": _iso(next_runs.get(job_type)),
+                "running": js.running if js else 0,
+                "last_outcome": js.last_outcome if js else None,
+                "last_finished_at": _iso(js.last_finished_at) if js else None,
+                "last_error": js.last_error if js else None,
+                "last_success_at": _iso(js.last_success_at) if js else None,
+            }
+        )
+    return overview
+
+
+def service_status(
+    health: Health,
+    catalog: JobCatalog,
+    states: JobStates | None,
+    next_runs: Mapping[str, datetime | None],
+) -> ServiceStatus:
+    jobs = tuple(
+        JobStatus(
+            job_type=job_type,
+            interval_seconds=job.config.interval_seconds,
+            enabled=job.config.enabled,
+            last_success=states.get(job_type).last_success_at if states else None,
+            next_run=next_runs.get(job_type),
+        )
+        for job_type, job in catalog.jobs.items()
+    )
+    return ServiceStatus(
+        heartbeat_timestamp=health.heartbeat_at,
+        is_leader=health.leader,
+        discovery_errors=len(catalog.failures),
+        event_loop_lag_seconds=health.event_loop_lag_seconds,
+        jobs=jobs,
+    )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
