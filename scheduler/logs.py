@@ -7,13 +7,40 @@ same processors as ours, so one process writes one format (JSON lines by default
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 LogFormat = Literal["json", "console"]
+
+_URL_CREDENTIALS = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*):[^@/\s]+@", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"(^|_)(password|passwd|secret|token|api_?key|authorization|credentials?)($|_)", re.IGNORECASE
+)
+MASK = "***"
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _URL_CREDENTIALS.sub(rf"\g<head>:{MASK}@", value)
+    if isinstance(value, dict):
+        return {k: MASK if _secret(k, v) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(item) for item in value]
+    return value
+
+
+def _secret(key: object, value: object) -> bool:
+    return isinstance(key, str) and value is not None and bool(_SECRET_KEY.search(key))
+
+
+def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Mask passwords in URLs and the values of keys that name secrets, however deep."""
+    scrubbed: EventDict = _scrub(event_dict)
+    return scrubbed
 
 
 def configure_logging(
@@ -38,10 +65,11 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     renderer: list[Processor] = (
-        [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        [structlog.processors.dict_tracebacks, redact_secrets, structlog.processors.JSONRenderer()]
         if fmt == "json"
-        else [structlog.dev.ConsoleRenderer(colors=False)]
-    )
+        else [structlog.processors.format_exc_info, redact_secrets,
+              structlog.dev.ConsoleRenderer(colors=False)]
+    )  # fmt: skip
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],

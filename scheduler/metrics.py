@@ -13,7 +13,14 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from platform import python_version
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -60,6 +67,7 @@ class SchedulerMetrics:
     """The service's metrics, in a registry of their own; also the coordinator's RunObserver."""
 
     def __init__(self, status: Callable[[], ServiceStatus]) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` doubles the output
         self.registry = CollectorRegistry()
         r = self.registry
         self.job_duration = Histogram(
@@ -90,6 +98,7 @@ class SchedulerMetrics:
             ["job_type", "outcome"], registry=r,
         )  # fmt: skip
         r.register(_StatusCollector(status))
+        ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
 
     def initialise(self, job_types: Iterable[str]) -> None:
         """Create every series of every job at 0."""
