@@ -96,6 +96,8 @@ def test_postgres_outage_is_survived_without_a_restart(
 
         private_cluster.stop()
         service.wait_for_log("database unreachable", timeout=15)
+        status, health = service.get_json("/healthz")
+        assert status == 503 and "database unreachable" in health["problems"]
         outage_ends = time.monotonic() + 30  # the length of the outage is what is under test
         while time.monotonic() < outage_ends:
             assert service.process is not None and service.process.poll() is None, "it died"
@@ -107,6 +109,7 @@ def test_postgres_outage_is_survived_without_a_restart(
         factory.wait_for_runs("pulse", before + 2, timeout=10)
         assert time.monotonic() - back < 10
         service.wait_for_log("database reachable again")
+        wait_until(lambda: service.get("/healthz")[0] == 200, what="healthy again")
         assert factory.stored_next_run_time("hourly") == hourly_next  # no schedule lost
         assert service.stop() == 0
     finally:

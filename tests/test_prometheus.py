@@ -1,0 +1,206 @@
+"""A real Prometheus scrapes the real service; every dashboard query and alert expression must
+return data. Also checks the dashboard's structure and runs the alert rules' unit tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.support import IN_CI, ServiceFactory, free_port, task_source, wait_until
+
+DASHBOARD = REPO_ROOT / "grafana" / "dashboards" / "scheduler.json"
+ALERTS = REPO_ROOT / "prometheus" / "alerts.yml"
+# Alerts this test drives into firing; the rest are checked on the signal they compare.
+DRIVEN = {"SchedulerJobFailing", "SchedulerJobStale", "SchedulerTaskFilesFailing"}
+AFTER_KILL = {"SchedulerDown", "SchedulerNoActiveInstance"}
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"CI must have {name} (.ci/run installs Debian's prometheus package)")
+        pytest.skip(f"{name} is not installed (apt-get install prometheus)")
+    return path
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def concrete(expr: str) -> str:
+    """The query Grafana would send: template variables filled in."""
+    return expr.replace("$job_type", ".*").replace("$__rate_interval", "15s")
+
+
+def test_dashboard_structure() -> None:
+    text = DASHBOARD.read_text()
+    assert "${DS_" not in text  # file provisioning cannot resolve import placeholders
+    dashboard = json.loads(text)
+    assert dashboard["uid"] and dashboard["title"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["job_type"]["includeAll"] and variables["job_type"]["multi"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    titles = " | ".join(panel["title"] for panel in dashboard["panels"]).lower()
+    for topic in ("outcome", "failure ratio", "p50", "p95", "p99", "lag", "retries", "skipped",
+                  "in progress", "last success", "next run", "leader", "heartbeat"):  # fmt: skip
+        assert topic in titles, topic
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        assert {"x", "y", "w", "h"} <= panel["gridPos"].keys()
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            if "rate(" in target["expr"]:
+                assert "[$__rate_interval]" in target["expr"], target["expr"]
+            assert "$job_type" in target["expr"] or "scheduler_job_" not in target["expr"]
+
+
+def test_provisioning_points_at_the_dashboards() -> None:
+    provider = yaml.safe_load(
+        (REPO_ROOT / "grafana/provisioning/dashboards/scheduler.yaml").read_text()
+    )
+    assert provider["providers"][0]["type"] == "file"
+    datasource = yaml.safe_load(
+        (REPO_ROOT / "grafana/provisioning/datasources/prometheus.yaml").read_text()
+    )
+    assert datasource["datasources"][0]["type"] == "prometheus"
+
+
+def test_alert_rules_pass_their_unit_tests() -> None:
+    result = subprocess.run(
+        [tool("promtool"), "test", "rules", "alerts.test.yml"],
+        cwd=ALERTS.parent, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names == DRIVEN | AFTER_KILL | {"SchedulerHeartbeatStale"}
+
+
+class Prometheus:
+    def __init__(self, workdir: Path, target: str) -> None:
+        self.port = free_port()
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [
+                {"job_name": "scheduler", "static_configs": [{"targets": [target]}]}
+            ],
+        }
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.log = open(workdir / "prometheus.log", "wb")
+        self.process = subprocess.Popen(
+            [
+                tool("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL, stderr=self.log,
+        )  # fmt: skip
+
+    def query(self, expr: str) -> list[Any]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": expr}
+        )
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+        self.log.close()
+
+
+@pytest.fixture
+def prometheus_for(tmp_path: Path) -> Iterator[Any]:
+    started: list[Prometheus] = []
+
+    def start(target: str) -> Prometheus:
+        prometheus = Prometheus(tmp_path, target)
+        started.append(prometheus)
+        wait_until(prometheus.ready, timeout=30, what="Prometheus to be ready")
+        return prometheus
+
+    yield start
+    for prometheus in started:
+        prometheus.stop()
+
+
+def test_every_panel_and_alert_returns_data_from_a_real_prometheus(
+    services: ServiceFactory, prometheus_for: Any
+) -> None:
+    mixed = "return [RunnerResult(success=True), RunnerResult(success=False)]"
+    services.write_task("fine.py", task_source("fine", mixed, interval_seconds=0.5))
+    services.write_task(
+        "flaky.py",
+        task_source("flaky", "raise RuntimeError('down')", interval_seconds=1, max_retries=1,
+                    retry_delay_seconds=0.1),
+    )  # fmt: skip
+    services.write_task(
+        "sleepy.py",
+        task_source("sleepy", "await asyncio.sleep(5)", interval_seconds=0.5, timeout_seconds=0.3,
+                    idempotent=False),
+    )  # fmt: skip
+    services.write_task(
+        "blocked.py", task_source("blocked", "return []", interval_seconds=0.5, requires_moon=True)
+    )
+    services.write_task("broken.py", "def (:\n")
+    service = services()
+    prometheus = prometheus_for(f"127.0.0.1:{service.http_port}")
+    wait_until(
+        lambda: prometheus.query('up{job="scheduler"} == 1'), timeout=30, what="first scrape"
+    )
+    wait_until(
+        lambda: prometheus.query(concrete(
+            'sum(increase(scheduler_job_runs_total{outcome="failure"}[1m])) >= 3'
+        )),
+        timeout=40, what="three failures to be scraped",
+    )  # fmt: skip
+
+    empty = [
+        (title, expr) for title, expr in dashboard_queries() if not prometheus.query(concrete(expr))
+    ]
+    assert empty == [], empty
+
+    rules = {rule["alert"]: rule["expr"] for rule in alert_rules()}
+    for name in DRIVEN:
+        assert wait_until(lambda n=name: prometheus.query(rules[n]), timeout=20, what=name)
+    signal_of_heartbeat = re.sub(r"\s*>\s*[\d.]+\s*$", "", rules["SchedulerHeartbeatStale"].strip())
+    assert prometheus.query(signal_of_heartbeat)
+
+    service.kill()
+    for name in AFTER_KILL:
+        assert wait_until(lambda n=name: prometheus.query(rules[n]), timeout=20, what=name)
