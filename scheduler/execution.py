@@ -348,9 +348,8 @@ class RunCoordinator:
                 self._observer.attempt_started(job.job_type, lag)
                 retryable = True
                 try:
-                    results = await asyncio.wait_for(
-                        job.metadata.task_class().execute(context), config.timeout_seconds
-                    )
+                    async with asyncio.timeout(config.timeout_seconds):
+                        results = await job.metadata.task_class().execute(context)
                     _count_items(record, results)
                 except TimeoutError:
                     record.outcome = Outcome.TIMEOUT

@@ -97,6 +97,7 @@ class SchedulerMetrics:
             "scheduler_job_items", "RunnerResult items returned, by their success.",
             ["job_type", "outcome"], registry=r,
         )  # fmt: skip
+        self._by_job: dict[str, _JobSeries] = {}
         r.register(_StatusCollector(status))
         ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
 
@@ -114,27 +115,54 @@ class SchedulerMetrics:
             for outcome in ITEM_OUTCOMES:
                 self.job_items.labels(job_type, outcome)
 
-    # RunObserver
+    # RunObserver: called for every run, so each job's children are looked up once and cached.
     def skipped(self, job_type: str, reason: SkipReason) -> None:
         self.job_skips.labels(job_type, str(reason)).inc()
 
     def attempt_started(self, job_type: str, lag_seconds: float | None) -> None:
-        self.job_in_progress.labels(job_type).inc()
+        series = self._series(job_type)
+        series.in_progress.inc()
         if lag_seconds is not None:
-            self.job_lag.labels(job_type).observe(max(lag_seconds, 0.0))
+            series.lag.observe(max(lag_seconds, 0.0))
 
     def attempt_finished(self, record: RunRecord) -> None:
-        job_type = record.job_type
-        self.job_in_progress.labels(job_type).dec()
-        self.job_runs.labels(job_type, record.outcome).inc()
+        series = self._series(record.job_type)
+        series.in_progress.dec()
+        series.runs[record.outcome].inc()
         if record.duration_seconds is not None:
-            self.job_duration.labels(job_type).observe(record.duration_seconds)
+            series.duration.observe(record.duration_seconds)
         if record.outcome == Outcome.SUCCESS:
-            self.job_items.labels(job_type, "success").inc(record.items_succeeded)
-            self.job_items.labels(job_type, "failure").inc(record.items_failed)
+            series.items_succeeded.inc(record.items_succeeded)
+            series.items_failed.inc(record.items_failed)
 
     def retrying(self, job_type: str) -> None:
-        self.job_retries.labels(job_type).inc()
+        self._series(job_type).retries.inc()
+
+    def _series(self, job_type: str) -> _JobSeries:
+        series = self._by_job.get(job_type)
+        if series is None:
+            series = _JobSeries(
+                in_progress=self.job_in_progress.labels(job_type),
+                lag=self.job_lag.labels(job_type),
+                duration=self.job_duration.labels(job_type),
+                runs={outcome: self.job_runs.labels(job_type, outcome) for outcome in RUN_OUTCOMES},
+                retries=self.job_retries.labels(job_type),
+                items_succeeded=self.job_items.labels(job_type, "success"),
+                items_failed=self.job_items.labels(job_type, "failure"),
+            )
+            self._by_job[job_type] = series
+        return series
+
+
+@dataclass(frozen=True)
+class _JobSeries:
+    in_progress: Gauge
+    lag: Histogram
+    duration: Histogram
+    runs: dict[str, Counter]
+    retries: Counter
+    items_succeeded: Counter
+    items_failed: Counter
 
 
 class _StatusCollector(Collector):
