@@ -29,6 +29,10 @@ def test_health_readiness_and_standby(services: ServiceFactory) -> None:
     status, body = active.get_json("/healthz")
     assert body == {"status": "ok", "problems": []}
     assert active.get_json("/readyz") == (200, {"status": "active"})
+    status, schema = active.get_json("/openapi.json")
+    assert (
+        status == 200 and {"/healthz", "/readyz", "/api/jobs", "/metrics"} <= schema["paths"].keys()
+    )
 
     standby = services()
     standby.wait_for_log("standby: another instance is active")
