@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -191,6 +193,53 @@ def run_job(job_type: str, tasks_dir: Path | None, config_file: Path | None) -> 
 
     if asyncio.run(once()) != Outcome.SUCCESS:
         sys.exit(1)
+
+
+def _operator_command(action: str) -> click.Command:
+    @click.command(action, help=OPERATOR_ACTIONS[action])
+    @click.argument("job_type")
+    @click.option("--url", help="The service's base URL  [default: from SCHEDULER_HTTP_HOST/PORT]")
+    def command(job_type: str, url: str | None) -> None:
+        settings = _settings()
+        token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+        base = url or service_url(settings)
+        status, body = call_service(f"{base}/api/jobs/{job_type}/{action}", token)
+        click.echo(json.dumps(body, indent=2))
+        if status >= 400:
+            sys.exit(1)
+
+    return command
+
+
+OPERATOR_ACTIONS = {
+    "run": "Ask the running service to run JOB_TYPE now (needs SCHEDULER_ADMIN_TOKEN).",
+    "pause": "Ask the running service to pause JOB_TYPE (needs SCHEDULER_ADMIN_TOKEN).",
+    "resume": "Ask the running service to resume JOB_TYPE (needs SCHEDULER_ADMIN_TOKEN).",
+}
+
+
+def service_url(settings: ServiceSettings) -> str:
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
+    return f"http://{host}:{settings.http_port}"
+
+
+def call_service(url: str, token: str) -> tuple[int, Any]:
+    """POST to the running service with the admin token; (status, decoded JSON body)."""
+    request = urllib.request.Request(
+        url, method="POST", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+    except OSError as error:
+        raise click.ClickException(f"cannot reach the scheduler at {url}: {error}") from None
+
+
+cli.add_command(_operator_command("run"), "trigger")
+cli.add_command(_operator_command("pause"))
+cli.add_command(_operator_command("resume"))
 
 
 def _report(catalog: JobCatalog) -> None:

@@ -34,5 +34,9 @@ class ConfigurationError(SchedulerError):
         super().__init__(f"{len(self.problems)} configuration problem(s):\n{lines}")
 
 
+class NotActiveError(SchedulerError):
+    """An operator action that only the active instance can carry out reached a standby."""
+
+
 class DiscoveryError(SchedulerError):
     """The tasks folder itself cannot be used (missing, not a directory)."""

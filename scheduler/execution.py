@@ -130,6 +130,9 @@ class RunCoordinator:
             job_type: asyncio.Lock() for job_type, job in jobs.items() if job.config.preserve_order
         }
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._start_events: dict[str, asyncio.Event] = {}
+        #: Job types an operator paused: runs already handed over are skipped as `paused`.
+        self.paused: set[str] = set()
 
     @property
     def active_runs(self) -> int:
@@ -154,6 +157,9 @@ class RunCoordinator:
                     why = f"started {late:.1f}s late, past the {misfire_grace_seconds:g}s grace"
                     self.skip(job_type, SkipReason.MISFIRE, why, run_time)
                     continue
+                if job_type in self.paused:  # paused after this run was handed over
+                    self.skip(job_type, SkipReason.PAUSED, "the job is paused", run_time)
+                    continue
                 await self._run(job_type, run_time, Trigger.SCHEDULE, task_file)
 
     async def run(
@@ -163,10 +169,29 @@ class RunCoordinator:
         scheduled_time: datetime | None = None,
         trigger: Trigger = Trigger.SCHEDULE,
         task_file: str | None = None,
+        run_id: str | None = None,
     ) -> RunSummary:
         """One run of `job_type`, with every gate, its timeout and its retries."""
         async with self._tracked(), self._in_order(job_type):
-            return await self._run(job_type, scheduled_time, trigger, task_file)
+            return await self._run(job_type, scheduled_time, trigger, task_file, run_id)
+
+    async def run_now(self, job_type: str, wait_seconds: float = 5.0) -> RunSummary | str:
+        """An operator's "run now": the run's summary if it ended (or was skipped) within
+        `wait_seconds`, else its run id once its first attempt has started."""
+        job = self._jobs.get(job_type)
+        if job is not None and self._states.get(job_type).running >= job.config.max_concurrent:
+            why = f"{job.config.max_concurrent} run(s) already in progress (max_concurrent)"
+            return self.skip(job_type, SkipReason.MAX_INSTANCES, why, trigger=Trigger.MANUAL)
+        run_id = uuid.uuid4().hex
+        started = self._start_events[run_id] = asyncio.Event()
+        run = self.spawn(job_type, trigger=Trigger.MANUAL, run_id=run_id)
+        waiter = asyncio.create_task(started.wait())
+        try:
+            await asyncio.wait({run, waiter}, timeout=wait_seconds, return_when="FIRST_COMPLETED")
+        finally:
+            waiter.cancel()
+            self._start_events.pop(run_id, None)
+        return run.result() if run.done() else run_id
 
     def _in_order(self, job_type: str) -> contextlib.AbstractAsyncContextManager[Any]:
         """The job's order lock if it preserves order (asyncio.Lock is first-come, first-served)."""
@@ -178,8 +203,9 @@ class RunCoordinator:
         scheduled_time: datetime | None,
         trigger: Trigger,
         task_file: str | None,
+        run_id: str | None = None,
     ) -> RunSummary:
-        run_id = uuid.uuid4().hex
+        run_id = run_id or uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(job_type=job_type, run_id=run_id):
             job = self._jobs.get(job_type)
             if job is None:
@@ -193,10 +219,11 @@ class RunCoordinator:
         *,
         scheduled_time: datetime | None = None,
         trigger: Trigger = Trigger.MANUAL,
+        run_id: str | None = None,
     ) -> asyncio.Task[RunSummary]:
         """Start a run in the background; `drain` waits for it like for any other."""
         task = asyncio.create_task(
-            self.run(job_type, scheduled_time=scheduled_time, trigger=trigger),
+            self.run(job_type, scheduled_time=scheduled_time, trigger=trigger, run_id=run_id),
             name=f"run:{job_type}",
         )
         self._tasks.add(task)
@@ -343,6 +370,8 @@ class RunCoordinator:
                     instance=self._instance,
                 )
                 self._history.started(record)
+                if (started := self._start_events.get(context.run_id)) is not None:
+                    started.set()
                 lag = _lag_seconds(record)
                 log.info("run started", trigger=trigger, lag_seconds=lag)
                 self._observer.attempt_started(job.job_type, lag)

@@ -280,11 +280,14 @@ class RunHistory:
         limit: int = 50,
         offset: int = 0,
         dead_letter_only: bool = False,
+        outcomes: Sequence[str] | None = None,
     ) -> list[RunRecord]:
         """Newest first."""
         query = select(runs).order_by(runs.c.id.desc()).limit(limit).offset(offset)
         if job_type is not None:
             query = query.where(runs.c.job_type == job_type)
+        if outcomes is not None:
+            query = query.where(runs.c.outcome.in_(outcomes))
         if dead_letter_only:
             query = query.where(runs.c.dead_letter.is_(True))
         with self._engine.connect() as connection:

@@ -5,60 +5,221 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import socket
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, NotActiveError, UnknownJobTypeError
+from .execution import RunSummary
+from .history import RunRecord
 from .metrics import package_version
+from .presentation import run_as_json
+from .status_page import render_status_page
 
 
 class ServiceView(Protocol):
-    """What the HTTP endpoints read from the running service."""
+    """What the HTTP endpoints read from, and ask of, the running service."""
 
     @property
     def metrics_registry(self) -> CollectorRegistry: ...
     @property
     def is_leader(self) -> bool: ...
+    @property
+    def admin_token(self) -> str | None: ...
     def health_problems(self) -> list[str]: ...
     def jobs_overview(self) -> list[dict[str, Any]]: ...
+    def runs(self, job_type: str | None, limit: int, offset: int) -> list[RunRecord]: ...
+    def recent_failures(self, limit: int = 10) -> list[RunRecord]: ...
+    async def run_now(self, job_type: str) -> RunSummary | str: ...
+    async def pause(self, job_type: str) -> None: ...
+    async def resume(self, job_type: str) -> None: ...
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class RunOutcome(BaseModel):
+    """What happened to a "run now": `started` (still running) or how it ended."""
+
+    job_type: str
+    run_id: str
+    status: str
+    skip_reason: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+class JobAction(BaseModel):
+    job_type: str
+    state: str
+    next_run_time: str | None
+
+
+class RunsPage(BaseModel):
+    job_type: str
+    limit: int
+    offset: int
+    next_offset: int | None
+    runs: list[dict[str, Any]]
+
+
+_bearer = HTTPBearer(auto_error=False)
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "Missing or wrong bearer token"},
+    403: {"model": Problem, "description": "Write endpoints are disabled (no token configured)"},
+    404: {"model": Problem, "description": "Unknown job type"},
+    409: {"model": Problem, "description": "This instance is a standby"},
+}
+
+
+def _view(request: Request) -> ServiceView:
+    view: ServiceView = request.app.state.view
+    return view
+
+
+View = Annotated[ServiceView, Depends(_view)]
+
+
+def require_admin(
+    view: View, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Write endpoints need the configured bearer token; with none configured they are off."""
+    expected = view.admin_token
+    if not expected:
+        raise HTTPException(
+            403, "write endpoints are disabled: set SCHEDULER_ADMIN_TOKEN to enable them"
+        )
+    given = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+reads = APIRouter()
+writes = APIRouter(dependencies=[Depends(require_admin)], responses=WRITE_RESPONSES)
+
+
+@reads.get("/", response_class=HTMLResponse, summary="Status page (read-only)")
+def status_page(view: View) -> HTMLResponse:
+    page = render_status_page(
+        view.jobs_overview(), view.health_problems(), view.is_leader, view.recent_failures()
+    )
+    return HTMLResponse(page)
+
+
+@reads.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(view: View) -> Response:  # sync: FastAPI runs it in a thread, off the event loop
+    return Response(generate_latest(view.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@reads.get("/healthz", summary="200 while the service is alive and its database answers")
+def healthz(view: View) -> JSONResponse:
+    problems = view.health_problems()
+    body = {"status": "unhealthy" if problems else "ok", "problems": problems}
+    return JSONResponse(body, status_code=503 if problems else 200)
+
+
+@reads.get("/readyz", summary="200 on the active instance, 503 on a standby")
+def readyz(view: View) -> JSONResponse:
+    if view.is_leader:
+        return JSONResponse({"status": "active"})
+    return JSONResponse(
+        {"status": "standby", "reason": "another instance is active, or none yet"},
+        status_code=503,
+    )
+
+
+@reads.get("/api/jobs", summary="Every job: configuration, state, next run, latest outcome")
+def jobs(view: View) -> list[dict[str, Any]]:
+    return view.jobs_overview()
+
+
+@reads.get(
+    "/api/jobs/{job_type}/runs",
+    summary="The job's run history, newest first",
+    responses={404: {"model": Problem}},
+)
+def job_runs(
+    view: View,
+    job_type: str,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> RunsPage:
+    records = view.runs(job_type, limit + 1, offset)
+    more = len(records) > limit
+    return RunsPage(
+        job_type=job_type,
+        limit=limit,
+        offset=offset,
+        next_offset=offset + limit if more else None,
+        runs=[run_as_json(record) for record in records[:limit]],
+    )
+
+
+@writes.post(
+    "/api/jobs/{job_type}/run",
+    summary="Run the job now (max_concurrent, dependencies and requirements still apply)",
+)
+async def run_now(view: View, job_type: str) -> RunOutcome:
+    result = await view.run_now(job_type)
+    if isinstance(result, str):
+        return RunOutcome(job_type=job_type, run_id=result, status="started")
+    return RunOutcome(
+        job_type=job_type,
+        run_id=result.run_id,
+        status=str(result.outcome),
+        skip_reason=str(result.skip_reason) if result.skip_reason else None,
+        error=result.error,
+        attempts=result.attempts,
+    )
+
+
+@writes.post("/api/jobs/{job_type}/pause", summary="Stop scheduling the job until resumed")
+async def pause(view: View, job_type: str) -> JobAction:
+    await view.pause(job_type)
+    return _job_action(view, job_type)
+
+
+@writes.post("/api/jobs/{job_type}/resume", summary="Schedule a paused job again")
+async def resume(view: View, job_type: str) -> JobAction:
+    await view.resume(job_type)
+    return _job_action(view, job_type)
+
+
+def _job_action(view: ServiceView, job_type: str) -> JobAction:
+    job = next(j for j in view.jobs_overview() if j["job_type"] == job_type)
+    return JobAction(job_type=job_type, state=job["state"], next_run_time=job["next_run_time"])
+
+
+async def _unknown_job(_request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=404)
+
+
+async def _standby(_request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=409)
 
 
 def create_app(view: ServiceView) -> FastAPI:
     app = FastAPI(
         title="taskwarden scheduler",
         version=package_version(),
-        description="Health, metrics and jobs of a taskwarden scheduler service.",
+        description="Health, metrics and jobs of a taskwarden scheduler service. Write "
+        "endpoints need `Authorization: Bearer <SCHEDULER_ADMIN_TOKEN>`.",
+        exception_handlers={UnknownJobTypeError: _unknown_job, NotActiveError: _standby},
     )
-
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    def metrics() -> Response:  # sync: FastAPI runs it in a thread, off the event loop
-        return Response(generate_latest(view.metrics_registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/healthz", summary="200 while the service is alive and its database answers")
-    def healthz() -> JSONResponse:
-        problems = view.health_problems()
-        body = {"status": "unhealthy" if problems else "ok", "problems": problems}
-        return JSONResponse(body, status_code=503 if problems else 200)
-
-    @app.get("/readyz", summary="200 on the active instance, 503 on a standby")
-    def readyz() -> JSONResponse:
-        if view.is_leader:
-            return JSONResponse({"status": "active"})
-        return JSONResponse(
-            {"status": "standby", "reason": "another instance is active, or none yet"},
-            status_code=503,
-        )
-
-    @app.get("/api/jobs", summary="Every job: configuration, state, next run, latest outcome")
-    def jobs() -> list[dict[str, Any]]:
-        return view.jobs_overview()
-
+    app.state.view = view
+    app.include_router(reads)
+    app.include_router(writes)
     return app
 
 

@@ -119,48 +119,66 @@ def reconcile(
             )
             report.added.append(job_type)
             log.info("job added", job_type=job_type, interval_seconds=want.interval_seconds)
-            continue
-        changes = {k: v for k, v in want.attributes().items() if _stored(job, k) != v}
-        if changes:
-            scheduler.modify_job(job_type, **changes)
-            report.changed.append(job_type)
-            log.info("job updated", job_type=job_type, changed=sorted(changes))
-        if abs(job.trigger.interval_length - want.interval_seconds) > 1e-6:
-            scheduler.reschedule_job(
-                job_type, trigger=IntervalTrigger(seconds=want.interval_seconds, timezone=UTC)
-            )
-            report.rescheduled.append(job_type)
-            log.info(
-                "job interval changed",
-                job_type=job_type,
-                old_interval_seconds=job.trigger.interval_length,
-                interval_seconds=want.interval_seconds,
-            )
-        elif not changes:
-            report.unchanged.append(job_type)
-
+        else:
+            _update(scheduler, job, want, report)
     disabled = set(disabled)
     for job_type in stored.keys() - desired.keys():
-        task_file = stored[job_type].kwargs.get("task_file")
-        if task_file in failed_files:
-            report.kept_not_loaded[job_type] = task_file
-            log.warning(
-                "job kept, but its task file failed to import; its runs are skipped",
-                job_type=job_type,
-                task_file=task_file,
-                error=failed_files[task_file],
-            )
-            continue
-        if job_type in disabled:
-            reason = "disabled"
-        elif task_file and not (tasks_dir / task_file).exists():
-            reason = f"task file {task_file} was deleted"
-        else:
-            reason = f"no longer declared in {task_file or 'any task file'}"
-        scheduler.remove_job(job_type)
-        report.removed[job_type] = reason
-        log.info("job removed", job_type=job_type, reason=reason)
+        _remove_unless_kept(scheduler, stored[job_type], disabled, failed_files, tasks_dir, report)
     return report
+
+
+def _update(scheduler: Any, job: Any, want: DesiredJob, report: ReconcileReport) -> None:
+    """Change what differs, keeping the stored next run time unless the interval changed."""
+    job_type = want.job_type
+    changes = {k: v for k, v in want.attributes().items() if _stored(job, k) != v}
+    if changes:
+        scheduler.modify_job(job_type, **changes)
+        report.changed.append(job_type)
+        log.info("job updated", job_type=job_type, changed=sorted(changes))
+    if abs(job.trigger.interval_length - want.interval_seconds) > 1e-6:
+        scheduler.reschedule_job(
+            job_type, trigger=IntervalTrigger(seconds=want.interval_seconds, timezone=UTC)
+        )
+        if job.next_run_time is None:  # rescheduling would resume an operator's pause
+            scheduler.pause_job(job_type)
+        report.rescheduled.append(job_type)
+        log.info(
+            "job interval changed",
+            job_type=job_type,
+            old_interval_seconds=job.trigger.interval_length,
+            interval_seconds=want.interval_seconds,
+        )
+    elif not changes:
+        report.unchanged.append(job_type)
+
+
+def _remove_unless_kept(
+    scheduler: Any,
+    job: Any,
+    disabled: set[str],
+    failed_files: Mapping[str, str],
+    tasks_dir: Path,
+    report: ReconcileReport,
+) -> None:
+    job_type, task_file = job.id, job.kwargs.get("task_file")
+    if task_file in failed_files:
+        report.kept_not_loaded[job_type] = task_file
+        log.warning(
+            "job kept, but its task file failed to import; its runs are skipped",
+            job_type=job_type,
+            task_file=task_file,
+            error=failed_files[task_file],
+        )
+        return
+    if job_type in disabled:
+        reason = "disabled"
+    elif task_file and not (tasks_dir / task_file).exists():
+        reason = f"task file {task_file} was deleted"
+    else:
+        reason = f"no longer declared in {task_file or 'any task file'}"
+    scheduler.remove_job(job_type)
+    report.removed[job_type] = reason
+    log.info("job removed", job_type=job_type, reason=reason)
 
 
 def _stored(job: Any, attribute: str) -> Any:

@@ -19,15 +19,16 @@ from sqlalchemy import Engine, text
 
 from .catalog import JobCatalog
 from .database import create_database_engine, redact
-from .execution import RunCoordinator
+from .errors import NotActiveError, UnknownJobTypeError
+from .execution import RunCoordinator, RunSummary
 from .executor import LoopExecutor
-from .history import HistoryWriter, RunHistory, migrate
+from .history import HistoryWriter, RunHistory, RunRecord, migrate
 from .http import HttpServer, create_app
 from .job_state import JobStates
 from .jobstore import GroupedSQLAlchemyJobStore
 from .leadership import LeaderLock, leader_lock_for
 from .metrics import SchedulerMetrics, ServiceStatus
-from .outcomes import SkipReason, Trigger
+from .outcomes import Outcome, SkipReason, Trigger
 from .reconcile import desired_job, reconcile
 from .settings import ServiceSettings
 from .status import Health, health_problems, jobs_overview, service_status
@@ -75,6 +76,61 @@ class SchedulerService:
 
     def jobs_overview(self) -> list[dict[str, Any]]:
         return jobs_overview(self.catalog, self._states, self._next_runs(), self._not_loaded)
+
+    @property
+    def admin_token(self) -> str | None:
+        token = self.settings.admin_token
+        return token.get_secret_value() if token is not None else None
+
+    def runs(self, job_type: str | None, limit: int, offset: int) -> list[RunRecord]:
+        if job_type is not None:
+            self._known(job_type)
+        if self._engine is None:
+            return []
+        return RunHistory(self._engine).recent(job_type, limit=limit, offset=offset)
+
+    def recent_failures(self, limit: int = 10) -> list[RunRecord]:
+        if self._engine is None:
+            return []
+        failed = [str(Outcome.FAILURE), str(Outcome.TIMEOUT)]
+        return RunHistory(self._engine).recent(limit=limit, outcomes=failed)
+
+    async def run_now(self, job_type: str) -> RunSummary | str:
+        """An operator's "run now" (see RunCoordinator.run_now)."""
+        self._known(job_type)
+        coordinator = self._active_coordinator()
+        log.info("run requested by an operator", job_type=job_type)
+        return await coordinator.run_now(job_type)
+
+    async def pause(self, job_type: str) -> None:
+        """Stop scheduling `job_type` until resumed; the pause is stored and survives restarts."""
+        coordinator = self._active_coordinator()
+        self._scheduled(job_type)
+        await asyncio.to_thread(self._scheduler.pause_job, job_type)
+        coordinator.paused.add(job_type)
+        log.info("job paused by an operator", job_type=job_type)
+
+    async def resume(self, job_type: str) -> None:
+        coordinator = self._active_coordinator()
+        self._scheduled(job_type)
+        await asyncio.to_thread(self._scheduler.resume_job, job_type)
+        coordinator.paused.discard(job_type)
+        log.info("job resumed by an operator", job_type=job_type)
+
+    def _known(self, job_type: str) -> None:
+        if job_type not in self.catalog.jobs and job_type not in self._next_runs():
+            known = ", ".join(self.catalog.jobs) or "(none)"
+            raise UnknownJobTypeError(f"no job {job_type!r}; known job types: {known}")
+
+    def _scheduled(self, job_type: str) -> None:
+        self._known(job_type)
+        if job_type not in self._next_runs():
+            raise UnknownJobTypeError(f"job {job_type!r} is not scheduled (it is disabled)")
+
+    def _active_coordinator(self) -> RunCoordinator:
+        if not self.health.leader or self._coordinator is None:
+            raise NotActiveError("this instance is a standby; ask the active instance")
+        return self._coordinator
 
     def _status(self) -> ServiceStatus:
         return service_status(self.health, self.catalog, self._states, self._next_runs())
@@ -209,6 +265,7 @@ class SchedulerService:
             history.mark_interrupted, datetime.now(UTC), INTERRUPTED_BY_CRASH
         )
         await asyncio.to_thread(self._reconcile)
+        self._coordinator.paused.update(j for j, t in self._next_runs().items() if t is None)
         self._scheduler.resume()
         self._rerun_interrupted(interrupted)
 

@@ -13,6 +13,7 @@ from pydantic import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    SecretStr,
     ValidationError,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,6 +77,8 @@ class ServiceSettings(BaseSettings):
     #: Where /metrics, /healthz, /readyz and the API listen. 0.0.0.0 to listen on all interfaces.
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=DEFAULT_HTTP_PORT, ge=1, le=65535)
+    #: Bearer token for the write endpoints (run now, pause, resume); unset disables them.
+    admin_token: SecretStr | None = None
 
 
 def load_settings(**overrides: Any) -> ServiceSettings:

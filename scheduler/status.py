@@ -51,19 +51,22 @@ def job_state(
     job_type: str,
     catalog: JobCatalog,
     states: JobStates | None,
-    scheduled: bool,
+    next_runs: Mapping[str, datetime | None],
     not_loaded: Mapping[str, str],
 ) -> tuple[str, str | None]:
-    """(state, why): scheduled, disabled, blocked (with why), not_loaded (with why), unscheduled."""
+    """(state, why): scheduled, paused, disabled, blocked (with why), not_loaded (with why), or
+    unscheduled (on a standby)."""
     job = catalog.jobs.get(job_type)
     if job is None:
         return "not_loaded", not_loaded.get(job_type, "its task file failed to import")
     if not job.config.enabled:
         return "disabled", None
+    if job_type in next_runs and next_runs[job_type] is None:
+        return "paused", None
     blocked = states.get(job_type).blocked_by if states is not None else None
     if blocked is not None:
         return "blocked", f"{blocked.reason}: {blocked.why}"
-    return ("scheduled" if scheduled else "unscheduled"), None
+    return ("scheduled" if job_type in next_runs else "unscheduled"), None
 
 
 def jobs_overview(
@@ -79,8 +82,7 @@ def jobs_overview(
     overview = []
     for job_type in [*catalog.jobs, *(j for j in not_loaded if j not in catalog.jobs)]:
         job = catalog.jobs.get(job_type)
-        scheduled = next_runs.get(job_type) is not None
-        state, why = job_state(job_type, catalog, states, scheduled, not_loaded)
+        state, why = job_state(job_type, catalog, states, next_runs, not_loaded)
         js = states.get(job_type) if states is not None else None
         config = job.config.model_dump(mode="json") if job else None
         if job is not None and config is not None:

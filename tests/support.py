@@ -112,6 +112,15 @@ class ServiceProcess:
         status, body = self.get(path)
         return status, json.loads(body)
 
+    def post_json(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        request = urllib.request.Request(self.base_url + path, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+
     def start(self, **extra_env: str) -> ServiceProcess:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
         environ.update(
