@@ -19,6 +19,7 @@ test: $(STAMP) ## lint, type-check and run the test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/pytest
 
 check: $(STAMP) ## validate task files and configuration

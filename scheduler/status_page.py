@@ -33,6 +33,14 @@ def _ago(iso: str | None, now: datetime) -> str:
     return f"{max(seconds, 0):.0f}s ago"
 
 
+def _when(iso: str | None, now: datetime) -> str:
+    if not iso:
+        return "-"
+    moment = datetime.fromisoformat(iso)
+    seconds = max((moment - now).total_seconds(), 0)
+    return f"{moment:%Y-%m-%d %H:%M:%S} (in {seconds:.0f}s)"
+
+
 def _cell(text: object, css: str = "") -> str:
     attr = f' class="{escape(css)}"' if css else ""
     return f"<td{attr}>{escape(str(text))}</td>"
@@ -62,7 +70,7 @@ def render_status_page(
             + _cell(job["job_type"])
             + _cell(state, job["state"])
             + _cell(f"{interval:g}s" if interval else "-")
-            + _cell(job.get("next_run_time") or "-")
+            + _cell(_when(job.get("next_run_time"), now))
             + _cell(_outcome_label(job.get("last_outcome")), job.get("last_outcome") or "")
             + _cell(_ago(job.get("last_success_at"), now))
             + "</tr>"
