@@ -24,8 +24,8 @@ log = structlog.get_logger(__name__)
 
 #: An order-preserving job queues its due runs instead of skipping them; this bounds the queue.
 ORDERED_RUNS_QUEUE_LIMIT = 100
-#: New jobs start within this many seconds (or their interval, if shorter), each at its own
-#: stable offset, so jobs registered together do not all fall due in the same instant.
+#: By default new jobs start within this many seconds (or their interval, if shorter), each at
+#: its own stable offset, so jobs registered together do not all fall due in the same instant.
 FIRST_RUN_SPREAD_SECONDS = 1.0
 
 
@@ -84,9 +84,14 @@ def desired_job(
     )
 
 
-def first_run_time(job_type: str, interval_seconds: float, now: datetime) -> datetime:
+def first_run_time(
+    job_type: str,
+    interval_seconds: float,
+    now: datetime,
+    spread_seconds: float = FIRST_RUN_SPREAD_SECONDS,
+) -> datetime:
     fraction = zlib.crc32(job_type.encode()) / 2**32
-    spread = min(interval_seconds, FIRST_RUN_SPREAD_SECONDS)
+    spread = min(interval_seconds, spread_seconds)
     return now + timedelta(seconds=fraction * spread)
 
 
@@ -98,6 +103,7 @@ def reconcile(
     failed_files: Mapping[str, str],
     tasks_dir: Path,
     now: datetime | None = None,
+    first_run_spread_seconds: float = FIRST_RUN_SPREAD_SECONDS,
 ) -> ReconcileReport:
     """Reconcile `scheduler`'s job store with `desired` (enabled jobs, by job type).
 
@@ -114,7 +120,9 @@ def reconcile(
                 JOB_FUNCTION,
                 trigger=IntervalTrigger(seconds=want.interval_seconds, timezone=UTC),
                 id=job_type,
-                next_run_time=first_run_time(job_type, want.interval_seconds, now),
+                next_run_time=first_run_time(
+                    job_type, want.interval_seconds, now, first_run_spread_seconds
+                ),
                 **{k: v for k, v in want.attributes().items() if k != "func"},
             )
             report.added.append(job_type)

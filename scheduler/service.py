@@ -312,6 +312,7 @@ class SchedulerService:
             disabled=disabled,
             failed_files=failed_files,
             tasks_dir=catalog.discovery.tasks_dir,
+            first_run_spread_seconds=settings.first_run_spread_seconds,
         )
         self._not_loaded = {
             job_type: f"its task file {task_file} failed to import: {failed_files[task_file]}"

@@ -72,6 +72,9 @@ class ServiceSettings(BaseSettings):
     history_retention_days: PositiveFloat = 30.0
     #: How often the service checks its database, its scheduler thread and its leadership.
     heartbeat_seconds: PositiveFloat = 2.0
+    #: New jobs' first runs are spread over this many seconds (by a stable hash of the job
+    #: type), so jobs registered together do not all fall due at once. 0: all at once.
+    first_run_spread_seconds: NonNegativeFloat = 1.0
     #: How long a standby waits between attempts to become the active instance.
     standby_poll_seconds: PositiveFloat = 2.0
     #: Where /metrics, /healthz, /readyz and the API listen. 0.0.0.0 to listen on all interfaces.

@@ -1,0 +1,225 @@
+"""N no-op jobs on a 1 s interval: this service against raw APScheduler, same store, same run.
+
+For each system, store (SQLite file, PostgreSQL) and N: runs completed against runs expected
+in a measured window, runs missed, and start lag p50/p99. "staggered": due times spread over
+each second; "aligned": all N due at the same instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+PG_ADMIN_URL = os.environ.get(
+    "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REPO = Path(__file__).resolve().parent.parent
+
+JOBS_FILE = """
+from scheduler import BaseTask, JobContext, RunnerResult, job
+
+
+class Noop(BaseTask[RunnerResult]):
+    async def _execute_impl(self, context: JobContext) -> list[RunnerResult]:
+        return []
+
+
+for n in range({count}):
+    job(f"bench_{{n:05d}}", interval_seconds=1, max_retries=0, timeout_seconds=30)(
+        type(f"Bench{{n}}", (Noop,), {{}})
+    )
+"""
+
+
+@dataclass(frozen=True)
+class Result:
+    expected: int
+    completed: int
+    lags: list[float]
+
+    @property
+    def missed(self) -> int:
+        return self.expected - self.completed
+
+    @property
+    def completed_ratio(self) -> float:
+        return self.completed / self.expected if self.expected else 0.0
+
+    def lag(self, q: float) -> float:
+        if not self.lags:
+            return float("nan")
+        ordered = sorted(self.lags)
+        return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+@contextmanager
+def database(store: str) -> Iterator[str]:
+    """A fresh SQLite file or PostgreSQL database for one measurement."""
+    if store == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite:///{tmp}/bench.db"
+        return
+    name = f"taskwarden_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def measure_raw(count: int, seconds: float, warmup: float, url: str, aligned: bool) -> Result:
+    output = subprocess.run(
+        [sys.executable, "-m", "bench.raw_apscheduler", str(count), str(seconds), str(warmup),
+         url, "aligned" if aligned else "staggered"],
+        cwd=REPO, capture_output=True, text=True, check=True, timeout=seconds + warmup + 600,
+    ).stdout  # fmt: skip
+    data = json.loads(output.strip().splitlines()[-1])
+    low, high = data["window"]
+    ran = [(s, t) for s, t in data["ran"] if low <= s < high]
+    return Result(count * round(seconds), len(ran), [t - s for s, t in ran])
+
+
+def measure_service(count: int, seconds: float, warmup: float, url: str, aligned: bool) -> Result:
+    with tempfile.TemporaryDirectory() as tmp:
+        tasks = Path(tmp) / "tasks"
+        tasks.mkdir()
+        (tasks / "bench_jobs.py").write_text(textwrap.dedent(JOBS_FILE.format(count=count)))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
+        env.update(
+            SCHEDULER_DATABASE_URL=url,
+            SCHEDULER_TASKS_DIR=str(tasks),
+            SCHEDULER_LOG_LEVEL="WARNING",
+            SCHEDULER_HTTP_PORT=str(_free_port()),
+            SCHEDULER_MAX_WORKERS=str(max(16, count)),
+            SCHEDULER_FIRST_RUN_SPREAD_SECONDS="0" if aligned else "1",
+        )
+        with open(Path(tmp) / "service.log", "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "scheduler", "run"], cwd=tmp, env=env, stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            try:
+                started = _first_run(url, process, timeout=120)
+                window = (started + warmup, started + warmup + seconds)
+                time.sleep(max(window[1] - time.time(), 0) + 1.5)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(120)
+        return _service_result(url, count, seconds, window)
+
+
+def _first_run(url: str, process: subprocess.Popen[bytes], timeout: float) -> float:
+    engine = create_engine(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the service exited with {process.returncode}")
+            try:
+                with engine.connect() as connection:
+                    first = connection.execute(
+                        text("SELECT min(started_at) FROM scheduler_runs")
+                    ).scalar()
+                if first is not None:
+                    return _timestamp(first)
+            except Exception:  # the tables do not exist yet
+                pass
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+    raise RuntimeError("no run started")
+
+
+def _service_result(url: str, count: int, seconds: float, window: tuple[float, float]) -> Result:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT scheduled_at, started_at, outcome FROM scheduler_runs")
+        ).all()
+    engine.dispose()
+    lags = []
+    for scheduled, started, outcome in rows:
+        due = _timestamp(scheduled)
+        if window[0] <= due < window[1] and outcome == "success":
+            lags.append(_timestamp(started) - due)
+    return Result(count * round(seconds), len(lags), lags)
+
+
+def _timestamp(value: object) -> float:
+    from datetime import UTC, datetime
+
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def median_result(results: list[Result]) -> Result:
+    """The run with the median completion ratio (lags and counts stay consistent)."""
+    return sorted(results, key=lambda r: r.completed_ratio)[len(results) // 2]
+
+
+def main() -> None:
+    counts = [int(n) for n in os.environ.get("BENCH_COUNTS", "100,1000,5000").split(",")]
+    stores = os.environ.get("BENCH_STORES", "sqlite,postgresql").split(",")
+    modes = os.environ.get("BENCH_MODES", "staggered,aligned").split(",")
+    seconds = float(os.environ.get("BENCH_SECONDS", "20"))
+    repeats = int(os.environ.get("BENCH_REPEATS", "3"))
+    warmup = 3.0
+    print(f"N no-op jobs at 1 s for {seconds:g} s after {warmup:g} s warm-up; median of {repeats}")
+    header = (f"{'store':<10} {'mode':<9} {'N':>5}  {'system':<12} {'completed':>9} "
+              f"{'missed':>7} {'lag p50':>9} {'lag p99':>9}")  # fmt: skip
+    print(header)
+    for store in stores:
+        for mode in modes:
+            for count in counts:
+                rows = {}
+                for system, measure in (
+                    ("raw APSched", measure_raw),
+                    ("taskwarden", measure_service),
+                ):
+                    results = []
+                    for _ in range(repeats):
+                        with database(store) as url:
+                            results.append(measure(count, seconds, warmup, url, mode == "aligned"))
+                    rows[system] = median_result(results)
+                for system, r in rows.items():
+                    print(f"{store:<10} {mode:<9} {count:>5}  {system:<12} {r.completed_ratio:>8.1%} "
+                          f"{r.missed:>7} {r.lag(0.5) * 1000:>7.1f}ms {r.lag(0.99) * 1000:>7.1f}ms")  # fmt: skip
+                ours, raw = rows["taskwarden"], rows["raw APSched"]
+                ratio = (
+                    ours.completed_ratio / raw.completed_ratio
+                    if raw.completed_ratio
+                    else float("inf")
+                )
+                print(f"{'':<10} {'':<9} {'':>5}  {'ratio':<12} {ratio:>8.2f}x completed")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
