@@ -86,7 +86,7 @@ def cli() -> None:
 def run(tasks_dir: Path | None, config_file: Path | None) -> None:
     """Run the scheduler service until SIGTERM or SIGINT."""
     settings = _settings(tasks_dir=tasks_dir, config_file=config_file)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, cache=True)
     try:
         catalog = load_catalog(settings, os.environ)
         if catalog.problems:

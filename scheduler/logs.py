@@ -58,13 +58,19 @@ class _NamedWriteLogger(structlog.WriteLogger):
 
 
 def configure_logging(
-    level: str = "INFO", fmt: LogFormat = "json", stream: TextIO | None = None
+    level: str = "INFO",
+    fmt: LogFormat = "json",
+    stream: TextIO | None = None,
+    *,
+    cache: bool = False,
 ) -> None:
     """Send every log record, structlog's and the standard library's, to `stream` in `fmt`.
 
     Our own lines take structlog's native path (a level-filtering logger writing rendered lines),
     which costs a fraction of a trip through `logging`; records of other libraries go through a
-    `logging` handler that renders them with the same processors.
+    `logging` handler that renders them with the same processors. `cache=True` (the service)
+    builds each module's logger once: right for a process that configures logging once, wrong
+    for one that reconfigures it (tests).
     """
     stream = stream or sys.stderr
     numeric_level = logging.getLevelName(level.upper())
@@ -84,7 +90,7 @@ def configure_logging(
         processors=[*shared, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=lambda *args: _NamedWriteLogger(stream, str(args[0]) if args else ""),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
