@@ -154,6 +154,12 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
             jobs.append(job)
         return jobs
 
+    def forget_loaded_jobs(self) -> None:
+        """Drop the in-memory jobs: after another instance may have written the store."""
+        with self._pending_lock:
+            self._cache.clear()
+            self._written_state.clear()
+
     def lookup_job(self, job_id: str) -> Any:
         self.flush()
         if job_id in self._cache:

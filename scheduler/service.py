@@ -244,6 +244,8 @@ class SchedulerService:
         self.health.leader = True
         if self._scheduler is not None:  # leadership regained after an outage
             log.info("leadership regained; resuming")
+            if self._store is not None:  # another instance may have led meanwhile
+                self._store.forget_loaded_jobs()
             self._scheduler.resume()
             return
         log.info("active: this instance runs the jobs", instance=self.instance)
