@@ -1,8 +1,14 @@
-"""`python -m bench` (`make bench`): every benchmark, one after another."""
+"""`python -m bench` (`make bench`): every benchmark, one after another.
 
-from bench import discovery, instrumentation
+The dispatch benchmark takes long (about 30 minutes with its defaults); narrow it with
+BENCH_COUNTS, BENCH_STORES, BENCH_MODES, BENCH_SECONDS and BENCH_REPEATS.
+"""
+
+from bench import discovery, dispatch, instrumentation
 
 if __name__ == "__main__":
     discovery.main()
     print()
     instrumentation.main()
+    print()
+    dispatch.main()
