@@ -45,7 +45,10 @@ def test_run_now_respects_requirements_and_max_concurrent(services: ServiceFacto
     services.wait_for_runs("quick", 1)
     status, body = service.post_json("/api/jobs/quick/run", token=TOKEN)
     assert status == 200 and body["status"] == "success" and body["attempts"] == 1
-    manual = [r for r in services.finished("quick") if r.trigger == "manual"]
+    manual = wait_until(  # the history is written by its own thread, just after the answer
+        lambda: [r for r in services.finished("quick") if r.trigger == "manual"],
+        what="the manual run's history row",
+    )
     assert [r.run_id for r in manual] == [body["run_id"]]
 
     status, body = service.post_json("/api/jobs/needy/run", token=TOKEN)
