@@ -4,11 +4,13 @@ The dispatch benchmark takes long (about 30 minutes with its defaults); narrow i
 BENCH_COUNTS, BENCH_STORES, BENCH_MODES, BENCH_SECONDS and BENCH_REPEATS.
 """
 
-from bench import discovery, dispatch, instrumentation
+from bench import discovery, dispatch, footprint, instrumentation
 
 if __name__ == "__main__":
     discovery.main()
     print()
     instrumentation.main()
+    print()
+    footprint.main()
     print()
     dispatch.main()
