@@ -19,19 +19,19 @@ from sqlalchemy import Engine, text
 
 from .catalog import JobCatalog
 from .database import create_database_engine, redact
-from .errors import NotActiveError, UnknownJobTypeError
-from .execution import RunCoordinator, RunSummary
+from .execution import RunCoordinator
 from .executor import LoopExecutor
-from .history import HistoryWriter, RunHistory, RunRecord, migrate
+from .history import HistoryWriter, RunHistory, migrate
 from .http import HttpServer, create_app
 from .job_state import JobStates
 from .jobstore import GroupedSQLAlchemyJobStore
 from .leadership import LeaderLock, leader_lock_for
 from .metrics import SchedulerMetrics, ServiceStatus
-from .outcomes import Outcome, SkipReason, Trigger
+from .operations import ServiceOperations
+from .outcomes import SkipReason, Trigger
 from .reconcile import desired_job, reconcile
 from .settings import ServiceSettings
-from .status import Health, health_problems, jobs_overview, service_status
+from .status import Health, service_status
 from .workers import PriorityWorkerPool
 
 log = structlog.get_logger(__name__)
@@ -62,80 +62,32 @@ class SchedulerService:
         self.metrics = SchedulerMetrics(self._status)
         self.metrics.initialise(catalog.jobs)
 
-    # What the HTTP endpoints read (ServiceView).
+    # Read by the HTTP API (operations.py) and the metrics.
     @property
-    def metrics_registry(self) -> Any:
-        return self.metrics.registry
-
-    @property
-    def is_leader(self) -> bool:
-        return self.health.leader
-
-    def health_problems(self) -> list[str]:
-        return health_problems(self.health, self.settings.heartbeat_seconds)
-
-    def jobs_overview(self) -> list[dict[str, Any]]:
-        return jobs_overview(self.catalog, self._states, self._next_runs(), self._not_loaded)
+    def engine(self) -> Engine | None:
+        return self._engine
 
     @property
-    def admin_token(self) -> str | None:
-        token = self.settings.admin_token
-        return token.get_secret_value() if token is not None else None
+    def states(self) -> JobStates | None:
+        return self._states
 
-    def runs(self, job_type: str | None, limit: int, offset: int) -> list[RunRecord]:
-        if job_type is not None:
-            self._known(job_type)
-        if self._engine is None:
-            return []
-        return RunHistory(self._engine).recent(job_type, limit=limit, offset=offset)
+    @property
+    def scheduler(self) -> Any:
+        return self._scheduler
 
-    def recent_failures(self, limit: int = 10) -> list[RunRecord]:
-        if self._engine is None:
-            return []
-        failed = [str(Outcome.FAILURE), str(Outcome.TIMEOUT)]
-        return RunHistory(self._engine).recent(limit=limit, outcomes=failed)
-
-    async def run_now(self, job_type: str) -> RunSummary | str:
-        """An operator's "run now" (see RunCoordinator.run_now)."""
-        self._known(job_type)
-        coordinator = self._active_coordinator()
-        log.info("run requested by an operator", job_type=job_type)
-        return await coordinator.run_now(job_type)
-
-    async def pause(self, job_type: str) -> None:
-        """Stop scheduling `job_type` until resumed; the pause is stored and survives restarts."""
-        coordinator = self._active_coordinator()
-        self._scheduled(job_type)
-        await asyncio.to_thread(self._scheduler.pause_job, job_type)
-        coordinator.paused.add(job_type)
-        log.info("job paused by an operator", job_type=job_type)
-
-    async def resume(self, job_type: str) -> None:
-        coordinator = self._active_coordinator()
-        self._scheduled(job_type)
-        await asyncio.to_thread(self._scheduler.resume_job, job_type)
-        coordinator.paused.discard(job_type)
-        log.info("job resumed by an operator", job_type=job_type)
-
-    def _known(self, job_type: str) -> None:
-        if job_type not in self.catalog.jobs and job_type not in self._next_runs():
-            known = ", ".join(self.catalog.jobs) or "(none)"
-            raise UnknownJobTypeError(f"no job {job_type!r}; known job types: {known}")
-
-    def _scheduled(self, job_type: str) -> None:
-        self._known(job_type)
-        if job_type not in self._next_runs():
-            raise UnknownJobTypeError(f"job {job_type!r} is not scheduled (it is disabled)")
-
-    def _active_coordinator(self) -> RunCoordinator:
-        if not self.health.leader or self._coordinator is None:
-            raise NotActiveError("this instance is a standby; ask the active instance")
+    @property
+    def coordinator(self) -> RunCoordinator | None:
         return self._coordinator
 
-    def _status(self) -> ServiceStatus:
-        return service_status(self.health, self.catalog, self._states, self._next_runs())
+    @property
+    def not_loaded(self) -> dict[str, str]:
+        """Stored jobs whose task file failed to import, with why."""
+        return self._not_loaded
 
-    def _next_runs(self) -> dict[str, datetime | None]:
+    def _status(self) -> ServiceStatus:
+        return service_status(self.health, self.catalog, self._states, self.next_runs())
+
+    def next_runs(self) -> dict[str, datetime | None]:
         return dict(self._store.next_run_times) if self._store is not None else {}
 
     def request_stop(self) -> None:
@@ -154,7 +106,8 @@ class SchedulerService:
             jobs=list(self.catalog.jobs),
             failed_task_files=[str(f.path) for f in self.catalog.failures],
         )
-        http = HttpServer(create_app(self), self.settings.http_host, self.settings.http_port)
+        app = create_app(ServiceOperations(self))
+        http = HttpServer(app, self.settings.http_host, self.settings.http_port)
         await http.start()
         log.info("http listening", host=self.settings.http_host, port=self.settings.http_port)
         probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag")
@@ -267,7 +220,7 @@ class SchedulerService:
             history.mark_interrupted, datetime.now(UTC), INTERRUPTED_BY_CRASH
         )
         await asyncio.to_thread(self._reconcile)
-        self._coordinator.paused.update(j for j, t in self._next_runs().items() if t is None)
+        self._coordinator.paused.update(j for j, t in self.next_runs().items() if t is None)
         self._scheduler.resume()
         self._rerun_interrupted(interrupted)
 
