@@ -163,10 +163,6 @@ class HistoryWriter:
         """False while writes are failing (the database is unreachable)."""
         return self._healthy
 
-    @property
-    def backlog(self) -> int:
-        return self._submitted - self._written
-
     def started(self, record: RunRecord) -> None:
         """Store the attempt as running; `finished` later completes the same row."""
         values = _insert_values(record)

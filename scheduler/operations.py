@@ -70,18 +70,22 @@ class ServiceOperations:
 
     async def pause(self, job_type: str) -> None:
         """Stop scheduling `job_type` until resumed; the pause is stored and survives restarts."""
-        coordinator = self._active_coordinator()
-        self._scheduled(job_type)
-        await asyncio.to_thread(self._service.scheduler.pause_job, job_type)
-        coordinator.paused.add(job_type)
-        log.info("job paused by an operator", job_type=job_type)
+        await self._set_paused(job_type, paused=True)
 
     async def resume(self, job_type: str) -> None:
+        await self._set_paused(job_type, paused=False)
+
+    async def _set_paused(self, job_type: str, *, paused: bool) -> None:
         coordinator = self._active_coordinator()
         self._scheduled(job_type)
-        await asyncio.to_thread(self._service.scheduler.resume_job, job_type)
-        coordinator.paused.discard(job_type)
-        log.info("job resumed by an operator", job_type=job_type)
+        scheduler = self._service.scheduler
+        change = scheduler.pause_job if paused else scheduler.resume_job
+        await asyncio.to_thread(change, job_type)
+        if paused:
+            coordinator.paused.add(job_type)
+        else:
+            coordinator.paused.discard(job_type)
+        log.info(f"job {'paused' if paused else 'resumed'} by an operator", job_type=job_type)
 
     def _known(self, job_type: str) -> None:
         service = self._service
