@@ -37,7 +37,9 @@ class NonRetryableError(SchedulerError):
 
 
 class HistorySink(Protocol):
-    def started(self, record: RunRecord) -> None: ...
+    async def started(self, record: RunRecord) -> None:
+        """Record the attempt as running; return once the record is safe (see DurableStarts)."""
+
     def finished(self, record: RunRecord) -> None: ...
     def recorded(self, record: RunRecord) -> None: ...
 
@@ -68,7 +70,7 @@ class NoObserver:
 class NoHistory:
     """For one-off runs outside the service (`scheduler run-job`): records nothing."""
 
-    def started(self, record: RunRecord) -> None:
+    async def started(self, record: RunRecord) -> None:
         pass
 
     def finished(self, record: RunRecord) -> None:
@@ -377,7 +379,7 @@ class RunCoordinator:
                     scheduled_at=context.scheduled_time,
                     instance=self._instance,
                 )
-                self._history.started(record)
+                await self._history.started(record)  # no work without a trace of it
                 if (started := self._start_events.get(context.run_id)) is not None:
                     started.set()
                 lag = _lag_seconds(record)

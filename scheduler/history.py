@@ -4,15 +4,20 @@ It is the audit log, the dead-letter list and the basis of crash recovery: a row
 `running` when an attempt starts and completed when it ends, so after a crash the rows still
 `running` are exactly the attempts that were in flight. Writes go through `HistoryWriter`, one
 thread that commits whatever accumulated while its previous commit ran: group commit without
-added latency, and the asyncio loop never waits on the database. An attempt that ends before its
-`running` row was written is written once, finished: half the statements for short runs.
+added latency, and the asyncio loop never waits on the database. `DurableStarts` lets a run wait
+until its `running` row is committed before its body executes, so a kill -9 at any moment leaves
+no run that did work without a row to say so; while the database is unreachable runs do not wait
+(their rows stay queued in memory until it is back), so an outage does not stop the jobs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import heapq
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,7 +145,11 @@ _finish_statement = (
 
 
 class HistoryWriter:
-    """Writes run records from any thread, in order, batching whatever is waiting."""
+    """Writes run records from any thread, in order, batching whatever is waiting.
+
+    Every write gets a ticket (1, 2, ...); tickets are committed in order, so "ticket n is
+    written" is `written >= n`. Listeners hear of every commit and of every failed one.
+    """
 
     def __init__(self, engine: Engine, *, max_batch: int = 1000, retry_seconds: float = 0.5):
         self._engine = engine
@@ -150,11 +159,9 @@ class HistoryWriter:
         self._progress = threading.Condition()
         self._submitted = 0
         self._written = 0
+        self._listeners: list[Callable[[], None]] = []
         self._stopping = threading.Event()
         self._healthy = True
-        # Inserts queued but not yet taken by the writer, by (run id, attempt): a `finished`
-        # for one of them completes it in place instead of queueing an update.
-        self._unwritten: dict[tuple[str, int], dict[str, Any]] = {}
         self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
         self._thread.start()
 
@@ -163,25 +170,27 @@ class HistoryWriter:
         """False while writes are failing (the database is unreachable)."""
         return self._healthy
 
-    def started(self, record: RunRecord) -> None:
-        """Store the attempt as running; `finished` later completes the same row."""
-        values = _insert_values(record)
-        with self._progress:
-            self._unwritten[(record.run_id, record.attempt)] = values
-        self._put("insert", values)
+    @property
+    def written(self) -> int:
+        """The highest ticket committed so far."""
+        return self._written
 
-    def finished(self, record: RunRecord) -> None:
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (on the writer thread) after each commit and each failed attempt."""
+        self._listeners.append(listener)
+
+    def started(self, record: RunRecord) -> int:
+        """Store the attempt as running (`finished` later completes the row); its ticket."""
+        return self._put("insert", _insert_values(record))
+
+    def finished(self, record: RunRecord) -> int:
         values = {name: getattr(record, name) for name in _FINAL_FIELDS}
-        with self._progress:
-            queued = self._unwritten.get((record.run_id, record.attempt))
-            if queued is not None:
-                queued.update(values)
-                return
-        self._put("finish", {"key_run_id": record.run_id, "key_attempt": record.attempt, **values})
+        key = {"key_run_id": record.run_id, "key_attempt": record.attempt}
+        return self._put("finish", key | values)
 
-    def recorded(self, record: RunRecord) -> None:
+    def recorded(self, record: RunRecord) -> int:
         """Store a complete record at once (a skipped run)."""
-        self._put("insert", _insert_values(record))
+        return self._put("insert", _insert_values(record))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is committed; False on timeout."""
@@ -197,10 +206,12 @@ class HistoryWriter:
         self._thread.join(timeout=1.0)
         return flushed
 
-    def _put(self, kind: str, values: dict[str, Any]) -> None:
-        with self._progress:
+    def _put(self, kind: str, values: dict[str, Any]) -> int:
+        with self._progress:  # the ticket and the queue position must agree
             self._submitted += 1
-        self._queue.put((kind, values))
+            ticket = self._submitted
+            self._queue.put((kind, values))
+        return ticket
 
     def _run(self) -> None:
         while (first := self._queue.get()) is not None:
@@ -214,14 +225,15 @@ class HistoryWriter:
                     self._queue.put(None)
                     break
                 batch.append(item)
-            with self._progress:  # from here on, a `finished` for these rows is an update
-                for kind, values in batch:
-                    if kind == "insert":
-                        self._unwritten.pop((values["run_id"], values["attempt"]), None)
             self._write_until_done(batch)
             with self._progress:
                 self._written += len(batch)
                 self._progress.notify_all()
+            self._notify()
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def _write_until_done(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         delay = self._retry_seconds
@@ -237,7 +249,8 @@ class HistoryWriter:
             except SQLAlchemyError as error:
                 if self._healthy:
                     log.warning("run history write failed; retrying", error=str(error))
-                self._healthy = False
+                    self._healthy = False
+                    self._notify()  # runs waiting for their row go ahead meanwhile
                 if self._stopping.wait(delay):
                     log.error("run history not written at shutdown", rows=len(batch))
                     return
@@ -247,6 +260,45 @@ class HistoryWriter:
                 log.info("run history writes recovered")
             self._healthy = True
             return
+
+
+class DurableStarts:
+    """The asyncio loop's side of a `HistoryWriter`, for the run coordinator.
+
+    `started` returns once the attempt's `running` row is committed, or at once while writes
+    are failing. The writer wakes the loop once per commit, not once per run.
+    """
+
+    def __init__(self, writer: HistoryWriter, loop: asyncio.AbstractEventLoop) -> None:
+        self._writer = writer
+        self._loop = loop
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []  # heap by ticket
+        writer.add_listener(self._wake)
+
+    async def started(self, record: RunRecord) -> None:
+        ticket = self._writer.started(record)
+        if self._writer.written >= ticket or not self._writer.healthy:
+            return
+        future = self._loop.create_future()
+        heapq.heappush(self._waiting, (ticket, future))
+        await future
+
+    def finished(self, record: RunRecord) -> None:
+        self._writer.finished(record)
+
+    def recorded(self, record: RunRecord) -> None:
+        self._writer.recorded(record)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        written, healthy = self._writer.written, self._writer.healthy
+        while self._waiting and (not healthy or self._waiting[0][0] <= written):
+            _, future = heapq.heappop(self._waiting)
+            if not future.done():  # a run cancelled while it waited
+                future.set_result(None)
 
 
 _INSERT_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name != "id")

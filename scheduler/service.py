@@ -21,7 +21,7 @@ from .catalog import JobCatalog
 from .database import create_database_engine, redact
 from .execution import RunCoordinator
 from .executor import LoopExecutor
-from .history import HistoryWriter, RunHistory, migrate
+from .history import DurableStarts, HistoryWriter, RunHistory, migrate
 from .http import HttpServer, create_app
 from .job_state import JobStates
 from .jobstore import GroupedSQLAlchemyJobStore
@@ -207,7 +207,7 @@ class SchedulerService:
         self._states = JobStates(summaries)
         self._coordinator = RunCoordinator(
             self.catalog.jobs,
-            history=self._history_writer,
+            history=DurableStarts(self._history_writer, asyncio.get_running_loop()),
             states=self._states,
             workers=PriorityWorkerPool(self.settings.max_workers),
             instance=self.instance,

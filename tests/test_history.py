@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from sqlalchemy import Engine
 from scheduler.database import create_database_engine
 from scheduler.history import (
     VERSION_TABLE,
+    DurableStarts,
     HistoryWriter,
     RunHistory,
     RunRecord,
@@ -136,6 +138,36 @@ def test_writer_keeps_its_batch_while_the_database_is_away(tmp_path: object) -> 
     assert writer.flush(timeout=10)
     assert writer.healthy
     assert RunHistory(engine).count() == 1
+    writer.close()
+    engine.dispose()
+
+
+async def test_a_durable_start_returns_once_its_row_is_committed(engine: Engine) -> None:
+    writer = HistoryWriter(engine)
+    starts = DurableStarts(writer, asyncio.get_running_loop())
+    rows = [record(f"job{n}") for n in range(20)]
+    for row in rows:
+        await starts.started(row)
+        # Read on another connection: the row is there before the run's body would execute.
+        (stored,) = RunHistory(engine).recent(row.job_type)
+        assert (stored.run_id, stored.outcome) == (row.run_id, "running")
+    concurrent = [record("burst") for _ in range(200)]
+    await asyncio.wait_for(asyncio.gather(*(starts.started(r) for r in concurrent)), 30)
+    assert RunHistory(engine).count(["burst"]) == 200
+    writer.close()
+
+
+async def test_durable_starts_do_not_wait_while_the_database_is_away(tmp_path: object) -> None:
+    engine = create_database_engine(f"sqlite:///{tmp_path}/h.db")
+    writer = HistoryWriter(engine, retry_seconds=0.05)
+    starts = DurableStarts(writer, asyncio.get_running_loop())
+    # No table yet: the first start waits only until the write fails, later ones not at all.
+    await asyncio.wait_for(starts.started(record()), 10)
+    assert not writer.healthy
+    await asyncio.wait_for(starts.started(record()), 0.5)
+    migrate(engine)  # the database is back: the queued rows land
+    assert await asyncio.to_thread(writer.flush, 10)
+    assert RunHistory(engine).count() == 2
     writer.close()
     engine.dispose()
 
