@@ -4,12 +4,12 @@ The dispatch benchmark takes long (about 30 minutes with its defaults); narrow i
 BENCH_COUNTS, BENCH_STORES, BENCH_MODES, BENCH_SECONDS and BENCH_REPEATS.
 """
 
-from bench import discovery, dispatch, footprint, instrumentation
+from bench import discovery, dispatch, footprint, pipeline
 
 if __name__ == "__main__":
     discovery.main()
     print()
-    instrumentation.main()
+    pipeline.main()
     print()
     footprint.main()
     print()

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from .base import JobContext, RunnerResult
 from .errors import SchedulerError
@@ -27,6 +28,7 @@ from .requirements import RequirementRegistry, RequirementUnavailable
 from .workers import PriorityWorkerPool
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 MAX_RETRY_DELAY_SECONDS = 3600.0
 RETRY_JITTER = 0.25
@@ -148,29 +150,42 @@ class RunCoordinator:
     def active_runs(self) -> int:
         return sum(1 for task in self._tasks if not task.done())
 
-    async def run_due(
+    def start_due(
         self,
         job_type: str,
         run_times: Sequence[datetime],
         misfire_grace_seconds: float | None,
         task_file: str | None = None,
-    ) -> None:
-        """Run the scheduled times APScheduler handed over, in order, skipping those too late.
+    ) -> asyncio.Task[None]:
+        """Start, as a task `drain` waits for, the scheduled times APScheduler handed over.
 
         An order-preserving job holds its order lock across all of them: a later submission
         must not slip in between the run times of an earlier one.
         """
-        async with self._tracked(), self._in_order(job_type):
-            for run_time in run_times:
-                late = (utcnow() - run_time).total_seconds()
-                if misfire_grace_seconds is not None and late > misfire_grace_seconds:
-                    why = f"started {late:.1f}s late, past the {misfire_grace_seconds:g}s grace"
-                    self.skip(job_type, SkipReason.MISFIRE, why, run_time)
-                    continue
-                if job_type in self.paused:  # paused after this run was handed over
-                    self.skip(job_type, SkipReason.PAUSED, "the job is paused", run_time)
-                    continue
-                await self._run(job_type, run_time, Trigger.SCHEDULE, task_file)
+        run = self._run_times(job_type, run_times, misfire_grace_seconds, task_file)
+        lock = self._order_locks.get(job_type)
+        task = asyncio.get_running_loop().create_task(run if lock is None else _holding(lock, run))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run_times(
+        self,
+        job_type: str,
+        run_times: Sequence[datetime],
+        misfire_grace_seconds: float | None,
+        task_file: str | None,
+    ) -> None:
+        for run_time in run_times:
+            late = (utcnow() - run_time).total_seconds()
+            if misfire_grace_seconds is not None and late > misfire_grace_seconds:
+                why = f"started {late:.1f}s late, past the {misfire_grace_seconds:g}s grace"
+                self.skip(job_type, SkipReason.MISFIRE, why, run_time)
+                continue
+            if job_type in self.paused:  # paused after this run was handed over
+                self.skip(job_type, SkipReason.PAUSED, "the job is paused", run_time)
+                continue
+            await self._run(job_type, run_time, Trigger.SCHEDULE, task_file)
 
     async def run(
         self,
@@ -216,12 +231,17 @@ class RunCoordinator:
         run_id: str | None = None,
     ) -> RunSummary:
         run_id = run_id or new_run_id()
-        with structlog.contextvars.bound_contextvars(job_type=job_type, run_id=run_id):
+        # Log lines of the run, the task's own included, carry these. Not bound_contextvars():
+        # it copies the whole context, a real cost at thousands of runs a second.
+        tokens = bind_contextvars(job_type=job_type, run_id=run_id)
+        try:
             job = self._jobs.get(job_type)
             if job is None:
                 why = self._not_loaded_reason(job_type, task_file)
                 return self.skip(job_type, SkipReason.NOT_LOADED, why, scheduled_time, run_id)
             return await self._gated(job, run_id, scheduled_time, trigger)
+        finally:
+            reset_contextvars(**tokens)
 
     def spawn(
         self,
@@ -369,48 +389,62 @@ class RunCoordinator:
         """One attempt inside a worker slot; returns its record and whether a retry may follow."""
         config = job.config
         async with self._workers.slot(config.priority):
-            with structlog.contextvars.bound_contextvars(attempt=context.attempt):
-                record = RunRecord(
-                    run_id=context.run_id,
-                    attempt=context.attempt,
-                    job_type=job.job_type,
-                    trigger=trigger,
-                    started_at=utcnow(),
-                    scheduled_at=context.scheduled_time,
-                    instance=self._instance,
-                )
-                await self._history.started(record)  # no work without a trace of it
-                if (started := self._start_events.get(context.run_id)) is not None:
-                    started.set()
-                lag = _lag_seconds(record)
-                log.info("run started", trigger=trigger, lag_seconds=lag)
-                self._observer.attempt_started(job.job_type, lag)
-                retryable = True
-                try:
-                    async with asyncio.timeout(config.timeout_seconds):
-                        results = await job.metadata.task_class().execute(context)
-                    _count_items(record, results)
-                except TimeoutError:
-                    record.outcome = Outcome.TIMEOUT
-                    record.error = f"timed out after {config.timeout_seconds:g}s"
-                    retryable = config.idempotent  # it may have done part of its work
-                except asyncio.CancelledError:
-                    record.outcome = Outcome.INTERRUPTED
-                    record.error = "cancelled: the scheduler was shutting down"
-                    record.finished_at = utcnow()
-                    self._observer.attempt_finished(record)
-                    self._history.finished(record)
-                    _log_end(record)
-                    raise
-                except NonRetryableError as error:
-                    record.outcome, record.error = Outcome.FAILURE, summarize_error(error)
-                    retryable = False
-                except Exception as error:
-                    record.outcome, record.error = Outcome.FAILURE, summarize_error(error)
-                    log.error("run raised", exc_info=error)
-                record.finished_at = utcnow()
-                self._observer.attempt_finished(record)
-                return record, retryable and record.outcome != Outcome.SUCCESS
+            tokens = bind_contextvars(attempt=context.attempt)
+            try:
+                return await self._attempt_in_slot(job, context, trigger)
+            finally:
+                reset_contextvars(**tokens)
+
+    async def _attempt_in_slot(
+        self, job: ResolvedJob, context: JobContext, trigger: Trigger
+    ) -> tuple[RunRecord, bool]:
+        config = job.config
+        record = RunRecord(
+            run_id=context.run_id,
+            attempt=context.attempt,
+            job_type=job.job_type,
+            trigger=trigger,
+            started_at=utcnow(),
+            scheduled_at=context.scheduled_time,
+            instance=self._instance,
+        )
+        await self._history.started(record)  # no work without a trace of it
+        if (started := self._start_events.get(context.run_id)) is not None:
+            started.set()
+        lag = _lag_seconds(record)
+        log.info("run started", trigger=trigger, lag_seconds=lag)
+        self._observer.attempt_started(job.job_type, lag)
+        retryable = True
+        try:
+            async with asyncio.timeout(config.timeout_seconds):
+                results = await job.metadata.task_class().execute(context)
+            _count_items(record, results)
+        except TimeoutError:
+            record.outcome = Outcome.TIMEOUT
+            record.error = f"timed out after {config.timeout_seconds:g}s"
+            retryable = config.idempotent  # it may have done part of its work
+        except asyncio.CancelledError:
+            record.outcome = Outcome.INTERRUPTED
+            record.error = "cancelled: the scheduler was shutting down"
+            record.finished_at = utcnow()
+            self._observer.attempt_finished(record)
+            self._history.finished(record)
+            _log_end(record)
+            raise
+        except NonRetryableError as error:
+            record.outcome, record.error = Outcome.FAILURE, summarize_error(error)
+            retryable = False
+        except Exception as error:
+            record.outcome, record.error = Outcome.FAILURE, summarize_error(error)
+            log.error("run raised", exc_info=error)
+        record.finished_at = utcnow()
+        self._observer.attempt_finished(record)
+        return record, retryable and record.outcome != Outcome.SUCCESS
+
+
+async def _holding(lock: asyncio.Lock, coroutine: Awaitable[T]) -> T:
+    async with lock:
+        return await coroutine
 
 
 def _count_items(record: RunRecord, results: object) -> None:

@@ -62,10 +62,9 @@ class LoopExecutor(BaseExecutor):  # type: ignore[misc]
             self._wake_pending = False  # before draining: a later submission wakes us again
         while self._queue:
             job, run_times = self._queue.popleft()
-            coroutine = self._coordinator.run_due(
+            task = self._coordinator.start_due(
                 job.id, run_times, job.misfire_grace_time, job.kwargs.get("task_file")
             )
-            task = self._loop.create_task(coroutine)
             task.add_done_callback(
                 functools.partial(self._finished, job.id, job._jobstore_alias, run_times)
             )

@@ -47,6 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from .database import BatchStatement
 from .outcomes import FINISHED, Outcome
 
 log = structlog.get_logger(__name__)
@@ -162,6 +163,10 @@ class HistoryWriter:
         self._listeners: list[Callable[[], None]] = []
         self._stopping = threading.Event()
         self._healthy = True
+        self._statements = {
+            "insert": BatchStatement(runs.insert(), engine.dialect, _INSERT_FIELDS),
+            "finish": BatchStatement(_finish_statement, engine.dialect),
+        }
         self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
         self._thread.start()
 
@@ -241,8 +246,7 @@ class HistoryWriter:
             try:
                 with self._engine.begin() as connection:
                     for kind, rows in _group(batch):
-                        statement = runs.insert() if kind == "insert" else _finish_statement
-                        connection.execute(statement, rows)
+                        self._statements[kind].execute(connection, rows)
             except IntegrityError as error:  # a bug, not an outage: retrying cannot help
                 log.error("run history batch rejected", error=str(error), rows=len(batch))
                 return
