@@ -388,12 +388,13 @@ class RunCoordinator:
     ) -> tuple[RunRecord, bool]:
         """One attempt inside a worker slot; returns its record and whether a retry may follow."""
         config = job.config
-        async with self._workers.slot(config.priority):
-            tokens = bind_contextvars(attempt=context.attempt)
-            try:
-                return await self._attempt_in_slot(job, context, trigger)
-            finally:
-                reset_contextvars(**tokens)
+        await self._workers.acquire(config.priority)
+        tokens = bind_contextvars(attempt=context.attempt)
+        try:
+            return await self._attempt_in_slot(job, context, trigger)
+        finally:
+            reset_contextvars(**tokens)
+            self._workers.release()
 
     async def _attempt_in_slot(
         self, job: ResolvedJob, context: JobContext, trigger: Trigger

@@ -29,6 +29,8 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
 from sqlalchemy import Engine, and_, bindparam, select
 
+from .database import BatchStatement
+
 log = structlog.get_logger(__name__)
 
 JOBS_TABLE = "scheduler_jobs"
@@ -47,15 +49,17 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         #: Each stored job's next run time, kept as the store writes (read by status and metrics).
         self.next_run_times: dict[str, datetime | None] = {}
         table = self.jobs_t
-        self._update = (
+        self._update = BatchStatement(
             table.update()
             .where(table.c.id == bindparam("job_id"))
-            .values(next_run_time=bindparam("next_time"), job_state=bindparam("state"))
+            .values(next_run_time=bindparam("next_time"), job_state=bindparam("state")),
+            engine.dialect,
         )
-        self._update_time = (
+        self._update_time = BatchStatement(
             table.update()
             .where(table.c.id == bindparam("job_id"))
-            .values(next_run_time=bindparam("next_time"))
+            .values(next_run_time=bindparam("next_time")),
+            engine.dialect,
         )
 
     def update_job(self, job: Any) -> None:
@@ -82,10 +86,8 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
             if not self._pending and not self._pending_times:
                 return
             with self.engine.begin() as connection:
-                if self._pending:
-                    connection.execute(self._update, list(self._pending.values()))
-                if self._pending_times:
-                    connection.execute(self._update_time, list(self._pending_times.values()))
+                self._update.execute(connection, self._pending.values())
+                self._update_time.execute(connection, self._pending_times.values())
             self._pending.clear()
             self._pending_times.clear()
 

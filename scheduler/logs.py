@@ -49,6 +49,13 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return scrubbed
 
 
+def _not_a_max_instances_skip(record: logging.LogRecord) -> bool:
+    """APScheduler warns of every run it skips at `max_instances`; the service logs the same
+    skip as `run skipped` (reason max_instances). One line per skip, not two: under overload
+    there may be thousands a second."""
+    return not str(record.msg).startswith("Execution of job \"%s\" skipped: maximum number")
+
+
 class _NamedWriteLogger(structlog.WriteLogger):
     """structlog's fast file logger, with a name for `add_logger_name`."""
 
@@ -101,3 +108,6 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(numeric_level)
+    apscheduler_log = logging.getLogger("apscheduler.scheduler")
+    if _not_a_max_instances_skip not in apscheduler_log.filters:
+        apscheduler_log.addFilter(_not_a_max_instances_skip)

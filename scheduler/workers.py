@@ -34,14 +34,16 @@ class PriorityWorkerPool:
 
     @asynccontextmanager
     async def slot(self, priority: int) -> AsyncIterator[None]:
-        await self._acquire(priority)
+        await self.acquire(priority)
         try:
             yield
         finally:
-            self._release()
+            self.release()
 
-    async def _acquire(self, priority: int) -> None:
-        if self._free > 0 and not self.waiting:
+    async def acquire(self, priority: int) -> None:
+        """Take a slot, waiting for one if none is free; `release` gives it back."""
+        # A free slot means nobody live is waiting: a released slot goes to a waiter first.
+        if self._free > 0:
             self._free -= 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -50,10 +52,10 @@ class PriorityWorkerPool:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                self._release()  # the slot was handed over just as we were cancelled
+                self.release()  # the slot was handed over just as we were cancelled
             raise
 
-    def _release(self) -> None:
+    def release(self) -> None:
         while self._waiting:
             *_, future = heapq.heappop(self._waiting)
             if not future.done():

@@ -6,8 +6,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 
 import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from scheduler.logs import configure_logging
 from tests.support import ServiceFactory, task_source
@@ -26,6 +29,24 @@ def test_stdlib_records_come_out_as_the_same_json() -> None:
     assert stdlib["event"] == "Added job x" and stdlib["logger"] == "apscheduler.scheduler"
     assert ours["event"] == "hello" and ours["answer"] == 42
     assert {"level", "timestamp"} <= stdlib.keys() & ours.keys()
+
+
+def test_apschedulers_own_max_instances_warning_is_not_repeated() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    release, skipped = threading.Event(), threading.Event()
+    scheduler = BackgroundScheduler()
+    scheduler.add_listener(lambda _event: skipped.set(), EVENT_JOB_MAX_INSTANCES)
+    scheduler.add_job(release.wait, "interval", seconds=0.05, max_instances=1)
+    scheduler.start()
+    try:
+        assert skipped.wait(10), "APScheduler never reached max_instances"
+    finally:
+        release.set()
+        scheduler.shutdown()
+    events = [str(line["event"]) for line in lines(stream)]
+    assert any("Scheduler started" in event for event in events)  # its other lines pass
+    assert not [event for event in events if "maximum number of running instances" in event]
 
 
 def test_level_filters_and_console_format() -> None:
