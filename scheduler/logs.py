@@ -53,7 +53,7 @@ def _not_a_max_instances_skip(record: logging.LogRecord) -> bool:
     """APScheduler warns of every run it skips at `max_instances`; the service logs the same
     skip as `run skipped` (reason max_instances). One line per skip, not two: under overload
     there may be thousands a second."""
-    return not str(record.msg).startswith("Execution of job \"%s\" skipped: maximum number")
+    return not str(record.msg).startswith('Execution of job "%s" skipped: maximum number')
 
 
 class _NamedWriteLogger(structlog.WriteLogger):
