@@ -7,7 +7,7 @@ committed transaction, and readers never block the writer. PostgreSQL is used th
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.engine.url import URL
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.expression import ClauseElement
+from sqlalchemy.types import TypeEngine
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
@@ -73,35 +72,39 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class BatchStatement:
-    """An INSERT or UPDATE compiled once for a dialect and run as one driver-level executemany.
+class ValuesStatement:
+    """A statement whose VALUES list carries many rows: one statement, one step, per chunk.
 
-    For the few statements written thousands of times a second: SQLAlchemy's per-row parameter
-    handling costs more than the database's own write. Only the type conversions the dialect
-    needs (SQLite's datetimes and booleans) are kept.
+    For the writes that happen thousands of times a second. Not `executemany`: Python's sqlite3
+    driver gives up the GIL around every row's step, and while another thread of the process
+    computes, getting it back costs up to a thread switch interval each time (measured: 0.8 µs
+    a row alone, over 400 µs a row beside one busy thread). `sql` holds `{values}` where the
+    rows go; only the type conversions the dialect needs (SQLite's datetimes) are applied.
     """
 
     def __init__(
-        self, statement: ClauseElement, dialect: Dialect, column_keys: Sequence[str] = ()
+        self,
+        sql: str,
+        columns: Sequence[tuple[str, TypeEngine[Any]]],
+        dialect: Dialect,
+        max_rows: int = 500,  # 500 x 14 parameters: within every backend's limit
     ) -> None:
-        compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) or None)
-        assert isinstance(compiled, SQLCompiler)
-        self.sql = str(compiled)
-        self._positional = bool(compiled.positional)
-        self._names = list(compiled.positiontup or []) if self._positional else list(compiled.binds)
-        self._processors: list[tuple[str, Callable[[Any], Any]]] = []
-        for name in self._names:
-            processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
-            if processor is not None:
-                self._processors.append((name, processor))
+        self.sql = sql
+        self._keys = [key for key, _ in columns]
+        self._processors = [
+            type_.dialect_impl(dialect).bind_processor(dialect) for _, type_ in columns
+        ]
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._row = "(" + ", ".join([mark] * len(columns)) + ")"
+        self._max_rows = max_rows
 
-    def execute(self, connection: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
-        parameters = [self._parameters(row) for row in rows]
-        if parameters:
-            connection.exec_driver_sql(self.sql, parameters)
-
-    def _parameters(self, row: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
-        values = {name: row[name] for name in self._names}
-        for name, processor in self._processors:
-            values[name] = processor(values[name])
-        return tuple(values.values()) if self._positional else values
+    def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        for start in range(0, len(rows), self._max_rows):
+            chunk = rows[start : start + self._max_rows]
+            parameters: list[Any] = []
+            for row in chunk:
+                for key, processor in zip(self._keys, self._processors, strict=True):
+                    value = row[key]
+                    parameters.append(value if processor is None else processor(value))
+            values = ", ".join([self._row] * len(chunk))
+            connection.exec_driver_sql(self.sql.format(values=values), tuple(parameters))

@@ -17,7 +17,7 @@ import contextlib
 import heapq
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +38,6 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    bindparam,
     delete,
     false,
     func,
@@ -47,7 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .database import BatchStatement
+from .database import ValuesStatement
 from .outcomes import FINISHED, Outcome
 
 log = structlog.get_logger(__name__)
@@ -138,11 +137,6 @@ class RunRecord:
 
 _FINAL_FIELDS = ("finished_at", "outcome", "skip_reason", "error", "items_succeeded",
                  "items_failed", "dead_letter")  # fmt: skip
-_finish_statement = (
-    update(runs)
-    .where(runs.c.run_id == bindparam("key_run_id"), runs.c.attempt == bindparam("key_attempt"))
-    .values({name: bindparam(name) for name in _FINAL_FIELDS})
-)
 
 
 class HistoryWriter:
@@ -156,17 +150,14 @@ class HistoryWriter:
         self._engine = engine
         self._max_batch = max_batch
         self._retry_seconds = retry_seconds
-        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._progress = threading.Condition()
         self._submitted = 0
         self._written = 0
         self._listeners: list[Callable[[], None]] = []
         self._stopping = threading.Event()
         self._healthy = True
-        self._statements = {
-            "insert": BatchStatement(runs.insert(), engine.dialect, _INSERT_FIELDS),
-            "finish": BatchStatement(_finish_statement, engine.dialect),
-        }
+        self._upsert = _upsert_statement(engine)
         self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
         self._thread.start()
 
@@ -186,16 +177,14 @@ class HistoryWriter:
 
     def started(self, record: RunRecord) -> int:
         """Store the attempt as running (`finished` later completes the row); its ticket."""
-        return self._put("insert", _insert_values(record))
+        return self._put(record)
 
     def finished(self, record: RunRecord) -> int:
-        values = {name: getattr(record, name) for name in _FINAL_FIELDS}
-        key = {"key_run_id": record.run_id, "key_attempt": record.attempt}
-        return self._put("finish", key | values)
+        return self._put(record)
 
     def recorded(self, record: RunRecord) -> int:
         """Store a complete record at once (a skipped run)."""
-        return self._put("insert", _insert_values(record))
+        return self._put(record)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is committed; False on timeout."""
@@ -211,11 +200,12 @@ class HistoryWriter:
         self._thread.join(timeout=1.0)
         return flushed
 
-    def _put(self, kind: str, values: dict[str, Any]) -> int:
+    def _put(self, record: RunRecord) -> int:
+        row = {name: getattr(record, name) for name in _ROW_FIELDS}  # as it is now
         with self._progress:  # the ticket and the queue position must agree
             self._submitted += 1
             ticket = self._submitted
-            self._queue.put((kind, values))
+            self._queue.put(row)
         return ticket
 
     def _run(self) -> None:
@@ -240,13 +230,15 @@ class HistoryWriter:
         for listener in self._listeners:
             listener()
 
-    def _write_until_done(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    def _write_until_done(self, batch: list[dict[str, Any]]) -> None:
+        # A row is upserted whole; a later state of the same attempt replaces an earlier one
+        # (PostgreSQL refuses to touch a row twice in one statement).
+        rows = list({(row["run_id"], row["attempt"]): row for row in batch}.values())
         delay = self._retry_seconds
         while True:
             try:
                 with self._engine.begin() as connection:
-                    for kind, rows in _group(batch):
-                        self._statements[kind].execute(connection, rows)
+                    self._upsert.execute(connection, rows)
             except IntegrityError as error:  # a bug, not an outage: retrying cannot help
                 log.error("run history batch rejected", error=str(error), rows=len(batch))
                 return
@@ -305,28 +297,19 @@ class DurableStarts:
                 future.set_result(None)
 
 
-_INSERT_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name != "id")
+_ROW_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name != "id")
 
 
-def _insert_values(record: RunRecord) -> dict[str, Any]:
-    # Not dataclasses.asdict: it deep-copies every value, a real cost at thousands of runs/s.
-    return {name: getattr(record, name) for name in _INSERT_FIELDS}
-
-
-def _group(
-    batch: Iterable[tuple[str, dict[str, Any]]],
-) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """Consecutive operations of one kind, so each group is one executemany, order kept."""
-    kind: str | None = None
-    rows: list[dict[str, Any]] = []
-    for item_kind, values in batch:
-        if item_kind != kind and rows:
-            yield kind or "", rows
-            rows = []
-        kind = item_kind
-        rows.append(values)
-    if rows:
-        yield kind or "", rows
+def _upsert_statement(engine: Engine) -> ValuesStatement:
+    """Insert rows, or complete those already there: a start, an end, or both at once."""
+    quote = engine.dialect.identifier_preparer.quote
+    columns = ", ".join(quote(name) for name in _ROW_FIELDS)
+    completed = ", ".join(f"{quote(name)} = excluded.{quote(name)}" for name in _FINAL_FIELDS)
+    sql = (
+        f"INSERT INTO {quote(runs.name)} ({columns}) VALUES {{values}} "
+        f"ON CONFLICT ({quote('run_id')}, {quote('attempt')}) DO UPDATE SET {completed}"
+    )
+    return ValuesStatement(sql, [(name, runs.c[name].type) for name in _ROW_FIELDS], engine.dialect)
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from typing import Any
 import structlog
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
-from sqlalchemy import Engine, and_, bindparam, select
+from sqlalchemy import Engine, Float, and_, bindparam, select
 
-from .database import BatchStatement
+from .database import ValuesStatement
 
 log = structlog.get_logger(__name__)
 
@@ -49,16 +49,17 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         #: Each stored job's next run time, kept as the store writes (read by status and metrics).
         self.next_run_times: dict[str, datetime | None] = {}
         table = self.jobs_t
-        self._update = BatchStatement(
+        self._update = (
             table.update()
             .where(table.c.id == bindparam("job_id"))
-            .values(next_run_time=bindparam("next_time"), job_state=bindparam("state")),
-            engine.dialect,
+            .values(next_run_time=bindparam("next_time"), job_state=bindparam("state"))
         )
-        self._update_time = BatchStatement(
-            table.update()
-            .where(table.c.id == bindparam("job_id"))
-            .values(next_run_time=bindparam("next_time")),
+        quote = engine.dialect.identifier_preparer.quote
+        name, float_type = quote(table.name), engine.dialect.type_compiler_instance.process(Float())
+        self._update_times = ValuesStatement(
+            f"UPDATE {name} SET next_run_time = CAST(v.column2 AS {float_type}) "
+            f"FROM (VALUES {{values}}) AS v WHERE {name}.id = v.column1",
+            [("job_id", table.c.id.type), ("next_time", table.c.next_run_time.type)],
             engine.dialect,
         )
 
@@ -86,8 +87,9 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
             if not self._pending and not self._pending_times:
                 return
             with self.engine.begin() as connection:
-                self._update.execute(connection, self._pending.values())
-                self._update_time.execute(connection, self._pending_times.values())
+                if self._pending:  # rare: a job's settings changed
+                    connection.execute(self._update, list(self._pending.values()))
+                self._update_times.execute(connection, list(self._pending_times.values()))
             self._pending.clear()
             self._pending_times.clear()
 

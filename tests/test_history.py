@@ -57,7 +57,8 @@ def test_migrations_match_the_table_the_code_uses(engine: Engine) -> None:
 
 def test_writer_inserts_then_completes_rows_in_order(engine: Engine) -> None:
     writer = HistoryWriter(engine)
-    rows = [record(scheduled_at=datetime.now(UTC)) for _ in range(50)]
+    # More rows than one statement carries (500), starts and ends of a row in one batch or not.
+    rows = [record(scheduled_at=datetime.now(UTC)) for _ in range(1200)]
     for row in rows:
         writer.started(row)
     for row in rows:
@@ -66,8 +67,8 @@ def test_writer_inserts_then_completes_rows_in_order(engine: Engine) -> None:
     writer.recorded(record("other", outcome="skipped", skip_reason="dependency", error="why"))
     assert writer.close()
     history = RunHistory(engine)
-    stored = history.recent("job", limit=100)
-    assert len(stored) == 50
+    stored = history.recent("job", limit=2000)
+    assert len(stored) == 1200
     assert {r.outcome for r in stored} == {"success"}
     assert all(r.items_succeeded == 3 and r.finished_at is not None for r in stored)
     assert stored[0].started_at.tzinfo is not None
