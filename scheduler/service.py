@@ -4,6 +4,7 @@ a graceful stop. `SchedulerService.run()` is what `scheduler run` calls."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -221,6 +222,10 @@ class SchedulerService:
         )
         await asyncio.to_thread(self._reconcile)
         self._coordinator.paused.update(j for j, t in self.next_runs().items() if t is None)
+        # Everything built so far (the catalog, thousands of stored jobs, the libraries) lives
+        # as long as the process: out of the cyclic collector's sight, a full collection no
+        # longer walks it and stalls the loop for as long.
+        gc.freeze()
         self._scheduler.resume()
         self._rerun_interrupted(interrupted)
 
