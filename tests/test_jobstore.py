@@ -51,7 +51,7 @@ def statements(engine: Engine) -> list[tuple[str, bool]]:
     return seen
 
 
-def test_a_wakeups_updates_are_written_in_one_statement(
+def test_a_wakeups_updates_are_written_together(
     store: GroupedSQLAlchemyJobStore, engine: Engine
 ) -> None:
     seen = statements(engine)
@@ -64,8 +64,11 @@ def test_a_wakeups_updates_are_written_in_one_statement(
         store.update_job(job)
     assert seen == [] and store.pending == 50  # nothing written yet
     assert store.get_next_run_time() == later
-    # One statement for all fifty (not executemany: one step, one GIL hand-off).
-    assert [s for s in seen if s[0] == "UPDATE"] == [("UPDATE", False)]
+    updates = [s for s in seen if s[0] == "UPDATE"]
+    if engine.dialect.name == "sqlite":  # statements of 32 + 16 + 2 rows: one step each
+        assert updates == [("UPDATE", False)] * 3
+    else:  # one pipelined executemany
+        assert updates == [("UPDATE", True)]
     assert store.pending == 0
     assert store.get_due_jobs(datetime.now(UTC)) == []
 
