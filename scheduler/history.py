@@ -3,8 +3,9 @@
 It is the audit log, the dead-letter list and the basis of crash recovery: a row is written as
 `running` when an attempt starts and completed when it ends, so after a crash the rows still
 `running` are exactly the attempts that were in flight. Writes go through `HistoryWriter`, one
-thread that commits whatever accumulated while its previous commit ran: group commit without
-added latency, and the asyncio loop never waits on the database. `DurableStarts` lets a run wait
+thread that commits whatever accumulated while its previous commit ran (group commit without
+added latency; the asyncio loop never blocks on the database), each row upserted whole, so a
+start and an end that fall in one batch are one row written once. `DurableStarts` lets a run wait
 until its `running` row is committed before its body executes, so a kill -9 at any moment leaves
 no run that did work without a row to say so; while the database is unreachable runs do not wait
 (their rows stay queued in memory until it is back), so an outage does not stop the jobs.

@@ -7,8 +7,8 @@ opens is one wakeup: a crash inside it leaves the old next run time, so the job 
 after a restart.
 
 Two more costs are avoided. The active instance is the store's only writer, so it keeps the
-jobs it loaded in memory and reads only ids and due times from the table, instead of
-unpickling every due job on every wakeup. And when a wakeup only moved a job's next run time,
+jobs it loaded in memory and reads only the due ids from the table, instead of unpickling
+every due job on every wakeup. And when a wakeup only moved a job's next run time,
 only that column is written; the pickled state is rewritten when anything else changed (the
 stored state's own next run time is then stale, so loading takes the column's).
 
