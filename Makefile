@@ -25,8 +25,15 @@ test: $(STAMP) ## lint, type-check and run the test suite
 check: $(STAMP) ## validate task files and configuration
 	$(BIN)/scheduler check
 
+# The measured processes run in a virtualenv with the runtime dependencies only, as shipped.
+BENCH_VENV := .venv-bench
+
 bench: $(STAMP) ## benchmarks against raw APScheduler
-	$(BIN)/python -m bench
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps .
+	$(BENCH_VENV)/bin/python -m pip install --quiet .
+	BENCH_PYTHON=$(BENCH_VENV)/bin/python $(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache data

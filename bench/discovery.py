@@ -10,10 +10,11 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import textwrap
 from pathlib import Path
+
+from bench import MEASURED_PYTHON
 
 TASK_TEMPLATE = '''\
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ def measure(script: str, folder: Path, count: int, cold: bool) -> float:
     if cold:
         shutil.rmtree(folder / "__pycache__", ignore_errors=True)
     output = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), str(folder), str(count)],
+        [MEASURED_PYTHON, "-c", textwrap.dedent(script), str(folder), str(count)],
         capture_output=True,
         text=True,
         check=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from bench import MEASURED_PYTHON
+
 PG_ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -30,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 JOBS_FILE = """
 from scheduler import BaseTask, JobContext, RunnerResult, job
+
 
 
 class Noop(BaseTask[RunnerResult]):
@@ -86,7 +90,7 @@ def database(store: str) -> Iterator[str]:
 
 def measure_raw(count: int, seconds: float, warmup: float, url: str, aligned: bool) -> Result:
     output = subprocess.run(
-        [sys.executable, "-m", "bench.raw_apscheduler", str(count), str(seconds), str(warmup),
+        [MEASURED_PYTHON, "-m", "bench.raw_apscheduler", str(count), str(seconds), str(warmup),
          url, "aligned" if aligned else "staggered"],
         cwd=REPO, capture_output=True, text=True, check=True, timeout=seconds + warmup + 600,
     ).stdout  # fmt: skip
@@ -112,7 +116,7 @@ def measure_service(count: int, seconds: float, warmup: float, url: str, aligned
         )
         with open(Path(tmp) / "service.log", "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "scheduler", "run"], cwd=tmp, env=env, stdout=log,
+                [MEASURED_PYTHON, "-m", "scheduler", "run"], cwd=tmp, env=env, stdout=log,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
             try:
@@ -179,9 +183,28 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def median_result(results: list[Result]) -> Result:
-    """The run with the median completion ratio (lags and counts stay consistent)."""
-    return sorted(results, key=lambda r: r.completed_ratio)[len(results) // 2]
+@dataclass(frozen=True)
+class Summary:
+    """Each figure the median of that figure over the repeats (runs are noisy)."""
+
+    completed_ratio: float
+    missed: float
+    lag_p50: float
+    lag_p99: float
+    runs: list[str]  # every repeat's figures, to show the spread
+
+    @classmethod
+    def of(cls, results: list[Result]) -> Summary:
+        def each(r: Result) -> str:
+            return f"{r.completed_ratio:.1%}/{r.lag(0.99) * 1000:.0f}ms"
+
+        return cls(
+            statistics.median(r.completed_ratio for r in results),
+            statistics.median(r.missed for r in results),
+            statistics.median(r.lag(0.5) for r in results),
+            statistics.median(r.lag(0.99) for r in results),
+            [each(r) for r in results],
+        )
 
 
 def main() -> None:
@@ -193,7 +216,7 @@ def main() -> None:
     warmup = 3.0
     print(f"N no-op jobs at 1 s for {seconds:g} s after {warmup:g} s warm-up; median of {repeats}")
     header = (f"{'store':<10} {'mode':<9} {'N':>5}  {'system':<12} {'completed':>9} "
-              f"{'missed':>7} {'lag p50':>9} {'lag p99':>9}")  # fmt: skip
+              f"{'missed':>7} {'lag p50':>9} {'lag p99':>9}  each run: completed/p99")  # fmt: skip
     print(header)
     for store in stores:
         for mode in modes:
@@ -207,11 +230,12 @@ def main() -> None:
                     for _ in range(repeats):
                         with database(store) as url:
                             results.append(measure(count, seconds, warmup, url, mode == "aligned"))
-                    rows[system] = median_result(results)
+                    rows[system] = Summary.of(results)
                 for system, r in rows.items():
-                    lag = f"{r.lag(0.5) * 1000:>7.1f}ms {r.lag(0.99) * 1000:>7.1f}ms"
+                    lag = f"{r.lag_p50 * 1000:>7.1f}ms {r.lag_p99 * 1000:>7.1f}ms"
                     print(f"{store:<10} {mode:<9} {count:>5}  {system:<12} "
-                          f"{r.completed_ratio:>8.1%} {r.missed:>7} {lag}")  # fmt: skip
+                          f"{r.completed_ratio:>8.1%} {r.missed:>7.0f} {lag}  "
+                          f"[{' '.join(r.runs)}]")  # fmt: skip
                 ours, raw = rows["taskwarden"], rows["raw APSched"]
                 ratio = (
                     ours.completed_ratio / raw.completed_ratio

@@ -7,7 +7,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from bench import MEASURED_PYTHON
 from bench.dispatch import _free_port, _timestamp
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -78,14 +78,14 @@ def _service(tmp: Path, count: int, interval: float) -> subprocess.Popen[bytes]:
         SCHEDULER_LOG_LEVEL="WARNING",
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "scheduler", "run"], cwd=tmp, env=env,
+        [MEASURED_PYTHON, "-m", "scheduler", "run"], cwd=tmp, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
 
 def _raw(tmp: Path, count: int, interval: float, lifetime: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-c", RAW, str(count), str(interval), f"sqlite:///{tmp}/raw.db",
+        [MEASURED_PYTHON, "-c", RAW, str(count), str(interval), f"sqlite:///{tmp}/raw.db",
          str(tmp / "first"), str(lifetime)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

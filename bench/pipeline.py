@@ -6,7 +6,9 @@ bookkeeping), handed over 500 at a time as the scheduler's executor does, with:
 - metrics and JSON log lines on (two lines per run);
 - and the run history on a real SQLite file in WAL mode: each run's `running` row committed
   before its body runs, then completed (the writer thread's work is in the wall time).
-The scheduler's own share (APScheduler's wakeup and the job store) is in the dispatch benchmark.
+Against it, raw APScheduler's own per-run path, `run_job` (what each of its executors calls for
+a due job: the misfire check, the call, the execution event, its two INFO log lines), through
+the same logging. The scheduler's wakeup and job store are in the dispatch benchmark.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from typing import Any
+
+from apscheduler.executors.base import run_job
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from scheduler import BaseTask, JobContext, JobRegistry, RunnerResult, job
 from scheduler.database import create_database_engine
@@ -69,6 +74,19 @@ async def _per_run_seconds(
     return (time.perf_counter() - started) / runs
 
 
+def _noop() -> None:
+    pass
+
+
+def _apscheduler_run_seconds(runs: int) -> float:
+    scheduler = BackgroundScheduler(timezone=UTC)  # never started: only its job is needed
+    raw_job = scheduler.add_job(_noop, "interval", seconds=1)
+    started = time.perf_counter()
+    for _ in range(runs):
+        run_job(raw_job, "default", [datetime.now(UTC)], "apscheduler.executors.default")
+    return (time.perf_counter() - started) / runs
+
+
 async def _raw_call_seconds(runs: int) -> float:
     context = JobContext(JOB, JobRegistry.get(JOB).defaults, "raw")
     started = time.perf_counter()
@@ -81,12 +99,15 @@ def measure(runs: int = 5000, repeats: int = 5) -> dict[str, float]:
     if not JobRegistry.is_registered(JOB):
         job(JOB)(NoopTask)
     sink = io.StringIO()
-    results: dict[str, list[float]] = {"raw": [], "bare": [], "instrumented": [], "whole": []}
+    results: dict[str, list[float]] = {
+        "raw": [], "bare": [], "instrumented": [], "whole": [], "apscheduler": []
+    }  # fmt: skip
     for _ in range(repeats):
         configure_logging("WARNING", "json", sink)  # run lines are INFO: not emitted
         results["raw"].append(asyncio.run(_raw_call_seconds(runs)))
         results["bare"].append(asyncio.run(_per_run_seconds(None, runs)))
         configure_logging("INFO", "json", sink)  # every run logs its start and end line
+        results["apscheduler"].append(_apscheduler_run_seconds(runs))
         metrics: Any = SchedulerMetrics(_status)
         metrics.initialise([JOB])
         results["instrumented"].append(asyncio.run(_per_run_seconds(metrics, runs)))
@@ -109,6 +130,8 @@ def main() -> None:
          f"+{micro['instrumented'] - micro['bare']:.1f} (target <= 50)"),
         ("+ history (SQLite, durable start)", micro["whole"],
          f"+{micro['whole'] - micro['instrumented']:.1f}"),
+        ("raw APScheduler run_job, INFO logs", micro["apscheduler"],
+         f"whole pipeline {micro['whole'] / micro['apscheduler']:.2f}x raw APScheduler"),
     ]  # fmt: skip
     for label, value, note in rows:
         print(f"{label:<36} {value:>8.1f}  {note}")
