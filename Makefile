@@ -33,7 +33,7 @@ bench: $(STAMP) ## benchmarks against raw APScheduler
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps .
 	$(BENCH_VENV)/bin/python -m pip install --quiet .
-	BENCH_PYTHON=$(BENCH_VENV)/bin/python $(BIN)/python -m bench
+	BENCH_PYTHON=$(CURDIR)/$(BENCH_VENV)/bin/python $(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache data
