@@ -410,6 +410,7 @@ class RunCoordinator:
             instance=self._instance,
         )
         await self._history.started(record)  # no work without a trace of it
+        record.started_at = utcnow()  # the body starts now: lag and duration count from here
         if (started := self._start_events.get(context.run_id)) is not None:
             started.set()
         lag = _lag_seconds(record)

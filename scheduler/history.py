@@ -305,7 +305,11 @@ def _upsert_statement(engine: Engine) -> ValuesStatement:
     """Insert rows, or complete those already there: a start, an end, or both at once."""
     quote = engine.dialect.identifier_preparer.quote
     columns = ", ".join(quote(name) for name in _ROW_FIELDS)
-    completed = ", ".join(f"{quote(name)} = excluded.{quote(name)}" for name in _FINAL_FIELDS)
+    # started_at too: the `running` row is written before the run's body starts (DurableStarts);
+    # the finished record carries the moment it did.
+    completed = ", ".join(
+        f"{quote(name)} = excluded.{quote(name)}" for name in ("started_at", *_FINAL_FIELDS)
+    )
     sql = (
         f"INSERT INTO {quote(runs.name)} ({columns}) VALUES {{values}} "
         f"ON CONFLICT ({quote('run_id')}, {quote('attempt')}) DO UPDATE SET {completed}"

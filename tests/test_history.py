@@ -152,6 +152,13 @@ async def test_a_durable_start_returns_once_its_row_is_committed(engine: Engine)
         # Read on another connection: the row is there before the run's body would execute.
         (stored,) = RunHistory(engine).recent(row.job_type)
         assert (stored.run_id, stored.outcome) == (row.run_id, "running")
+    # The end of the attempt carries when its body started (after that commit).
+    body_started = datetime.now(UTC) + timedelta(seconds=1)
+    rows[0].started_at, rows[0].outcome, rows[0].finished_at = body_started, "success", body_started
+    starts.finished(rows[0])
+    assert await asyncio.to_thread(writer.flush, 10)
+    (stored,) = RunHistory(engine).recent(rows[0].job_type)
+    assert (stored.outcome, stored.started_at) == ("success", body_started)
     concurrent = [record("burst") for _ in range(200)]
     await asyncio.wait_for(asyncio.gather(*(starts.started(r) for r in concurrent)), 30)
     assert RunHistory(engine).count(["burst"]) == 200
