@@ -176,16 +176,15 @@ class HistoryWriter:
         """Call `listener` (on the writer thread) after each commit and each failed attempt."""
         self._listeners.append(listener)
 
-    def started(self, record: RunRecord) -> int:
-        """Store the attempt as running (`finished` later completes the row); its ticket."""
-        return self._put(record)
-
-    def finished(self, record: RunRecord) -> int:
-        return self._put(record)
-
-    def recorded(self, record: RunRecord) -> int:
-        """Store a complete record at once (a skipped run)."""
-        return self._put(record)
+    def write(self, record: RunRecord) -> int:
+        """Store the record as it is now (a later write of the same attempt replaces it);
+        its ticket."""
+        row = {name: getattr(record, name) for name in _ROW_FIELDS}
+        with self._progress:  # the ticket and the queue position must agree
+            self._submitted += 1
+            ticket = self._submitted
+            self._queue.put(row)
+        return ticket
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is committed; False on timeout."""
@@ -200,14 +199,6 @@ class HistoryWriter:
         self._queue.put(None)
         self._thread.join(timeout=1.0)
         return flushed
-
-    def _put(self, record: RunRecord) -> int:
-        row = {name: getattr(record, name) for name in _ROW_FIELDS}  # as it is now
-        with self._progress:  # the ticket and the queue position must agree
-            self._submitted += 1
-            ticket = self._submitted
-            self._queue.put(row)
-        return ticket
 
     def _run(self) -> None:
         while (first := self._queue.get()) is not None:
@@ -273,7 +264,7 @@ class DurableStarts:
         writer.add_listener(self._wake)
 
     async def started(self, record: RunRecord) -> None:
-        ticket = self._writer.started(record)
+        ticket = self._writer.write(record)
         if self._writer.written >= ticket or not self._writer.healthy:
             return
         future = self._loop.create_future()
@@ -281,10 +272,10 @@ class DurableStarts:
         await future
 
     def finished(self, record: RunRecord) -> None:
-        self._writer.finished(record)
+        self._writer.write(record)
 
     def recorded(self, record: RunRecord) -> None:
-        self._writer.recorded(record)
+        self._writer.write(record)
 
     def _wake(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting

@@ -60,11 +60,11 @@ def test_writer_inserts_then_completes_rows_in_order(engine: Engine) -> None:
     # More rows than one statement carries (500), starts and ends of a row in one batch or not.
     rows = [record(scheduled_at=datetime.now(UTC)) for _ in range(1200)]
     for row in rows:
-        writer.started(row)
+        writer.write(row)
     for row in rows:
         row.outcome, row.finished_at, row.items_succeeded = "success", datetime.now(UTC), 3
-        writer.finished(row)
-    writer.recorded(record("other", outcome="skipped", skip_reason="dependency", error="why"))
+        writer.write(row)
+    writer.write(record("other", outcome="skipped", skip_reason="dependency", error="why"))
     assert writer.close()
     history = RunHistory(engine)
     stored = history.recent("job", limit=2000)
@@ -81,7 +81,7 @@ def test_writes_from_many_threads_all_land(engine: Engine) -> None:
 
     def burst() -> None:
         for _ in range(100):
-            writer.recorded(record(outcome="skipped"))
+            writer.write(record(outcome="skipped"))
 
     threads = [threading.Thread(target=burst) for _ in range(4)]
     for thread in threads:
@@ -104,7 +104,7 @@ def test_summaries_give_latest_outcome_and_latest_success(engine: Engine) -> Non
         ("c", "timeout", 1),
     ]:
         at = t0 + timedelta(minutes=minute)
-        writer.recorded(record(job_type, outcome=outcome, started_at=at, finished_at=at))
+        writer.write(record(job_type, outcome=outcome, started_at=at, finished_at=at))
     writer.close()
     summaries = RunHistory(engine).summaries()
     assert summaries["a"].last_outcome == "failure"
@@ -116,8 +116,8 @@ def test_summaries_give_latest_outcome_and_latest_success(engine: Engine) -> Non
 def test_mark_interrupted_and_prune(engine: Engine) -> None:
     writer = HistoryWriter(engine)
     old = record("old", started_at=datetime.now(UTC) - timedelta(days=40), outcome="success")
-    writer.recorded(old)
-    writer.started(record("inflight"))
+    writer.write(old)
+    writer.write(record("inflight"))
     writer.close()
     history = RunHistory(engine)
     (closed,) = history.mark_interrupted(datetime.now(UTC), "process died")
@@ -132,7 +132,7 @@ def test_mark_interrupted_and_prune(engine: Engine) -> None:
 def test_writer_keeps_its_batch_while_the_database_is_away(tmp_path: object) -> None:
     engine = create_database_engine(f"sqlite:///{tmp_path}/h.db")
     writer = HistoryWriter(engine, retry_seconds=0.05)
-    writer.recorded(record())  # no table yet: the write fails and is retried
+    writer.write(record())  # no table yet: the write fails and is retried
     assert not writer.flush(timeout=0.5)
     assert not writer.healthy
     migrate(engine)
