@@ -99,12 +99,13 @@ class ValuesStatement:
         ]
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         self._row = "(" + ", ".join([mark] * len(columns)) + ")"
-        self._max_rows = max_rows if dialect.name == "sqlite" else 1
+        self._max_rows = max_rows
+        self._multi_row = dialect.name == "sqlite"
 
     def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
-        if self._max_rows == 1:
+        if not self._multi_row:
             single_row = self.sql.format(values=self._row)
             connection.exec_driver_sql(single_row, [tuple(self._parameters(row)) for row in rows])
             return

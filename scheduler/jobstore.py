@@ -29,7 +29,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
 from sqlalchemy import Engine, Float, and_, bindparam, func, select
 
-from .database import ValuesStatement
+from .database import ValuesStatement, is_sqlite
 
 log = structlog.get_logger(__name__)
 
@@ -134,7 +134,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
             .order_by(table.c.next_run_time)
         )
         with self.engine.begin() as connection:
-            if self.engine.dialect.name != "sqlite":
+            if not is_sqlite(self.engine.url):
                 return list(connection.execute(due).scalars())
             # SQLite hands rows over one step each, and each step a GIL hand-off (see
             # ValuesStatement): thousands of due jobs come back as one joined value instead.
