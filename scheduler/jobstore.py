@@ -1,51 +1,111 @@
 """APScheduler's SQLAlchemy job store, with the writes of one wakeup grouped and errors contained.
 
-APScheduler commits one UPDATE per due job; that commit, not the scheduling logic, bounds a
-persistent scheduler. Here `update_job` only buffers, and the buffer is written in one
-transaction before any read and at the end of each wakeup (`get_next_run_time`). The window this
-opens is one wakeup: a crash inside it leaves the old next run time, so the job runs once more
-after a restart.
+APScheduler reads the due jobs and the next wakeup from the table, and commits one UPDATE per
+due job, on every wakeup; with thousands of jobs those queries and commits, not the scheduling
+logic, bound a persistent scheduler. The active instance is the store's only writer, so here:
 
-Two more costs are avoided. The active instance is the store's only writer, so it keeps the
-jobs it loaded in memory and reads only the due ids from the table, instead of unpickling
-every due job on every wakeup. And when a wakeup only moved a job's next run time,
-only that column is written; the pickled state is rewritten when anything else changed (the
-stored state's own next run time is then stale, so loading takes the column's).
+- the jobs it loaded stay in memory, with a `DueIndex` of their next run times: finding the
+  due jobs and the next wakeup reads no table (it is loaded once, when the instance becomes
+  active);
+- `update_job` only buffers; the buffer is written in one transaction at the end of a wakeup,
+  at most once per `flush_seconds` (a burst of wakeups shares one commit). The window this
+  opens is `flush_seconds`: a kill inside it leaves the older next run time in the table, so
+  the job runs once more after a restart, never less;
+- when a wakeup only moved a job's next run time, only that column is written; the pickled
+  state is rewritten when anything else changed (the stored state's own next run time is then
+  stale, so loading takes the column's).
 
 APScheduler 3 also lets an exception from `update_job` or `get_next_run_time` escape its loop
 and kill the scheduler thread (a silent stall while the database is away). Neither raises here:
-a failed write stays buffered and the scheduler is told to wake again shortly.
+a failed write stays buffered and is retried every `retry_seconds`, while the jobs keep running
+from memory.
 """
 
 from __future__ import annotations
 
+import heapq
 import pickle
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
-from sqlalchemy import Engine, Float, and_, bindparam, func, select
+from sqlalchemy import Engine, Float, and_, bindparam, select
 
-from .database import ValuesStatement, is_sqlite
+from .database import ValuesStatement
 
 log = structlog.get_logger(__name__)
 
 JOBS_TABLE = "scheduler_jobs"
-ID_SEPARATOR = ","  # job ids are job types, [a-z][a-z0-9_]*
+FLUSH_SECONDS = 0.1
+
+
+class DueIndex:
+    """Job ids ordered by next run time (UTC timestamps), for "what is due" and "what next".
+
+    A heap with lazy deletion: moving or removing a job leaves its old entry behind, dropped
+    when it reaches the top (an interval job's old entry is older than its new one, so it does
+    so by the job's next run).
+    """
+
+    def __init__(self) -> None:
+        self._times: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def set(self, job_id: str, timestamp: float | None) -> None:
+        """Record the job's next run time; None (paused, finished) takes it out."""
+        if timestamp is None:
+            self._times.pop(job_id, None)
+        elif self._times.get(job_id) != timestamp:
+            self._times[job_id] = timestamp
+            heapq.heappush(self._heap, (timestamp, job_id))
+
+    def clear(self) -> None:
+        self._times.clear()
+        self._heap.clear()
+
+    def due(self, now: float) -> list[str]:
+        """The ids due at `now`, earliest first. They stay in the index until moved."""
+        due: list[str] = []
+        entries: list[tuple[float, str]] = []
+        heap, times = self._heap, self._times
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if times.get(entry[1]) == entry[0] and (not entries or entries[-1] != entry):
+                due.append(entry[1])
+                entries.append(entry)
+        for entry in entries:
+            heapq.heappush(heap, entry)
+        return due
+
+    def next_time(self) -> float | None:
+        heap, times = self._heap, self._times
+        while heap and times.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
 
 class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
-    def __init__(self, engine: Engine, *, retry_seconds: float = 1.0) -> None:
+    def __init__(
+        self, engine: Engine, *, retry_seconds: float = 1.0, flush_seconds: float = FLUSH_SECONDS
+    ) -> None:
         super().__init__(engine=engine, tablename=JOBS_TABLE)
         self._pending: dict[str, dict[str, Any]] = {}
         self._pending_times: dict[str, dict[str, Any]] = {}
         self._cache: dict[str, Any] = {}  # job id -> Job, as last written or read
         self._written_state: dict[str, dict[str, Any]] = {}  # job id -> state sans next run time
+        self._due = DueIndex()
+        self._indexed = False  # the index holds every stored job
         self._pending_lock = threading.RLock()
         self._retry_seconds = retry_seconds
+        self._flush_seconds = flush_seconds
+        self._next_flush = 0.0  # time.monotonic() of the earliest next flush
         self.healthy = True
         #: Each stored job's next run time, kept as the store writes (read by status and metrics).
         self.next_run_times: dict[str, datetime | None] = {}
@@ -70,6 +130,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         next_time = datetime_to_utc_timestamp(job.next_run_time)
         self.next_run_times[job.id] = job.next_run_time
         self._cache[job.id] = job
+        self._due.set(job.id, next_time)
         with self._pending_lock:
             if state == self._written_state.get(job.id) and job.id not in self._pending:
                 self._pending_times[job.id] = {"job_id": job.id, "next_time": next_time}
@@ -87,60 +148,65 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         with self._pending_lock:
             if not self._pending and not self._pending_times:
                 return
+            self._next_flush = time.monotonic() + self._retry_seconds  # if this one fails
             with self.engine.begin() as connection:
                 if self._pending:  # rare: a job's settings changed
                     connection.execute(self._update, list(self._pending.values()))
                 self._update_times.execute(connection, list(self._pending_times.values()))
             self._pending.clear()
             self._pending_times.clear()
+            self._next_flush = time.monotonic() + self._flush_seconds
+        self._healthy_again()
 
     @property
     def pending(self) -> int:
         return len(self._pending) + len(self._pending_times)
 
     def get_next_run_time(self) -> datetime | None:
+        """The earliest next run time; the buffer is written first if its time has come."""
         try:
-            self.flush()
-            next_time: datetime | None = super().get_next_run_time()
+            self._load_index()
+            if self.pending and time.monotonic() >= self._next_flush:
+                self.flush()
         except Exception as error:
             self._unhealthy(error)
+        if not self._indexed:
             return datetime.now(UTC) + timedelta(seconds=self._retry_seconds)
-        self._healthy_again()
-        return next_time
+        wakeups = [t for t in (self._due.next_time(), self._flush_time()) if t is not None]
+        return utc_timestamp_to_datetime(min(wakeups)) if wakeups else None
 
     def get_due_jobs(self, now: datetime) -> list[Any]:
         try:
-            self.flush()  # a stale next run time would make a job due twice
-            jobs = self._due_from_cache(now)
+            self._load_index()
+            due = self._due.due(datetime_to_utc_timestamp(now))
+            missing = [job_id for job_id in due if job_id not in self._cache]
+            if missing:
+                self._load(self.jobs_t.c.id.in_(missing))
         except Exception as error:
             self._unhealthy(error)
             raise
-        self._healthy_again()
-        return jobs
-
-    def _due_from_cache(self, now: datetime) -> list[Any]:
-        """Due jobs: ids from the table, Job objects from memory (loaded once if missing)."""
-        due = self._due_ids(now)
-        missing = [job_id for job_id in due if job_id not in self._cache]
-        if missing:
-            self._load(self.jobs_t.c.id.in_(missing))
         return [self._cache[job_id] for job_id in due if job_id in self._cache]
 
-    def _due_ids(self, now: datetime) -> list[str]:
+    def _flush_time(self) -> float | None:
+        """When the buffer is due to be written (a UTC timestamp), if anything is buffered."""
+        if not self.pending:
+            return None
+        return time.time() + max(self._next_flush - time.monotonic(), 0.0)
+
+    def _load_index(self) -> None:
+        """Index every stored job's next run time, once (after a flush: the table is then
+        current)."""
+        if self._indexed:
+            return
+        self.flush()
         table = self.jobs_t
-        due = (
-            select(table.c.id)
-            .where(table.c.next_run_time <= datetime_to_utc_timestamp(now))
-            .order_by(table.c.next_run_time)
-        )
         with self.engine.begin() as connection:
-            if not is_sqlite(self.engine.url):
-                return list(connection.execute(due).scalars())
-            # SQLite hands rows over one step each, and each step a GIL hand-off (see
-            # ValuesStatement): thousands of due jobs come back as one joined value instead.
-            joined = select(func.group_concat(due.subquery().c.id, ID_SEPARATOR))
-            value = connection.execute(joined).scalar()
-        return value.split(ID_SEPARATOR) if value else []
+            rows = connection.execute(select(table.c.id, table.c.next_run_time)).all()
+        self._due.clear()
+        for job_id, next_time in rows:
+            self._due.set(job_id, next_time)
+        self._indexed = True
+        self._healthy_again()
 
     def _load(self, *conditions: Any) -> list[Any]:
         """Jobs from the table, with the next run time of the column (the pickled one may be
@@ -159,6 +225,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
                 job = self._reconstitute_job(state)
             except Exception as error:  # APScheduler would delete it; we keep the row
                 log.error("stored job cannot be loaded", job_id=job_id, error=str(error))
+                self._due.set(job_id, None)  # or it would be due on every wakeup
                 continue
             job.next_run_time = utc_timestamp_to_datetime(next_time)
             written = job.__getstate__()
@@ -173,11 +240,13 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         with self._pending_lock:
             self._cache.clear()
             self._written_state.clear()
+            self._due.clear()
+            self._indexed = False
 
     def lookup_job(self, job_id: str) -> Any:
-        self.flush()
         if job_id in self._cache:
             return self._cache[job_id]
+        self.flush()
         found = self._load(self.jobs_t.c.id == job_id)
         return found[0] if found else None
 
@@ -186,6 +255,10 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         jobs = self._load()
         self._fix_paused_jobs_sorting(jobs)
         self.next_run_times = {job.id: job.next_run_time for job in jobs}
+        self._due.clear()
+        for job in jobs:
+            self._due.set(job.id, datetime_to_utc_timestamp(job.next_run_time))
+        self._indexed = True
         return jobs
 
     def add_job(self, job: Any) -> None:
@@ -193,6 +266,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         super().add_job(job)
         self.next_run_times[job.id] = job.next_run_time
         self._cache[job.id] = job
+        self._due.set(job.id, datetime_to_utc_timestamp(job.next_run_time))
         written = job.__getstate__()
         del written["next_run_time"]
         self._written_state[job.id] = written
@@ -205,6 +279,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         self.next_run_times.pop(job_id, None)
         self._cache.pop(job_id, None)
         self._written_state.pop(job_id, None)
+        self._due.set(job_id, None)
 
     def remove_all_jobs(self) -> None:
         with self._pending_lock:
@@ -214,6 +289,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         self.next_run_times.clear()
         self._cache.clear()
         self._written_state.clear()
+        self._due.clear()
 
     def shutdown(self) -> None:
         try:

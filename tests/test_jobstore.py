@@ -13,7 +13,9 @@ from sqlalchemy import Engine, event, text
 
 from scheduler.database import create_database_engine
 from scheduler.executor import JOB_FUNCTION
-from scheduler.jobstore import JOBS_TABLE, GroupedSQLAlchemyJobStore
+from scheduler.jobstore import JOBS_TABLE, DueIndex, GroupedSQLAlchemyJobStore
+
+from .support import wait_until
 
 
 @pytest.fixture
@@ -91,13 +93,80 @@ def test_an_unreachable_database_neither_raises_nor_loses_updates(
     store.update_job(job)
     with engine.begin() as connection:  # the table goes away, as with a lost database
         connection.execute(text(f"ALTER TABLE {JOBS_TABLE} RENAME TO away"))
-    retry_at = store.get_next_run_time()  # APScheduler's loop would die if this raised
-    assert retry_at is not None and retry_at < datetime.now(UTC) + timedelta(seconds=1)
+    wake_at = store.get_next_run_time()  # APScheduler's loop would die if this raised
+    assert wake_at is not None and wake_at < datetime.now(UTC) + timedelta(seconds=1)
     assert not store.healthy and store.pending == 1
-    with pytest.raises(Exception, match="scheduler_jobs"):
-        store.get_due_jobs(datetime.now(UTC))  # APScheduler handles this one itself
+    # The jobs keep running meanwhile, from memory.
+    assert len(store.get_due_jobs(datetime.now(UTC))) == 49
     with engine.begin() as connection:
         connection.execute(text(f"ALTER TABLE away RENAME TO {JOBS_TABLE}"))
-    store.get_next_run_time()
-    assert store.healthy and store.pending == 0
+    wait_until(lambda: store.get_next_run_time() is not None and store.pending == 0)
+    assert store.healthy
     assert store.lookup_job(job.id).next_run_time == later
+    assert stored_next_run_time(engine, job.id) == later.timestamp()
+
+
+def test_writes_are_grouped_over_a_burst_of_wakeups(
+    engine: Engine, store: GroupedSQLAlchemyJobStore
+) -> None:
+    store.get_next_run_time()  # writes nothing: nothing is buffered
+    seen = statements(engine)
+    store._flush_seconds = 0.5
+    due = store.get_due_jobs(datetime.now(UTC))
+    later = datetime.now(UTC) + timedelta(hours=1)
+    for job in due[:10]:  # the first wakeup: written at its end
+        job._modify(next_run_time=later)
+        store.update_job(job)
+    store.get_next_run_time()
+    assert [s for s in seen if s[0] == "UPDATE"] and store.pending == 0
+    seen.clear()
+    for job in due[10:]:  # the next ones, within flush_seconds: buffered, and a wakeup asked
+        job._modify(next_run_time=later)
+        store.update_job(job)
+        wake_at = store.get_next_run_time()
+        assert wake_at is not None and wake_at <= datetime.now(UTC) + timedelta(seconds=0.5)
+    assert seen == [] and store.pending == 40
+    wait_until(lambda: store.get_next_run_time() == later and store.pending == 0)
+    assert [s for s in seen if s[0] == "UPDATE"]
+    assert {stored_next_run_time(engine, job.id) for job in due} == {later.timestamp()}
+
+
+def test_a_new_instance_reads_what_the_last_one_wrote(
+    engine: Engine, store: GroupedSQLAlchemyJobStore
+) -> None:
+    due = store.get_due_jobs(datetime.now(UTC))
+    later = datetime.now(UTC) + timedelta(hours=1)
+    for job in due[:49]:
+        job._modify(next_run_time=later)
+        store.update_job(job)
+    store.flush()
+    successor = GroupedSQLAlchemyJobStore(engine)
+    successor.start(store._scheduler, "default")
+    assert [job.id for job in successor.get_due_jobs(datetime.now(UTC))] == [due[49].id]
+    assert successor.get_next_run_time() == due[49].next_run_time
+
+
+def test_the_due_index_orders_moves_and_forgets_jobs() -> None:
+    index = DueIndex()
+    index.set("a", 30.0)
+    index.set("b", 10.0)
+    index.set("c", 20.0)
+    assert index.due(5.0) == [] and index.next_time() == 10.0
+    assert index.due(25.0) == ["b", "c"]
+    assert index.due(25.0) == ["b", "c"]  # due until moved
+    index.set("b", 40.0)
+    index.set("c", None)  # paused
+    assert index.due(35.0) == ["a"] and index.next_time() == 30.0
+    index.set("a", 5.0)  # moved earlier
+    index.set("a", 5.0)
+    assert index.due(35.0) == ["a"] and len(index) == 2
+    index.set("a", None)
+    assert index.next_time() == 40.0 and index.due(100.0) == ["b"]
+
+
+def stored_next_run_time(engine: Engine, job_id: str) -> float:
+    with engine.connect() as connection:
+        value = connection.execute(
+            text(f"SELECT next_run_time FROM {JOBS_TABLE} WHERE id = :id"), {"id": job_id}
+        ).scalar_one()
+    return float(value)
