@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import operator
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -151,7 +152,7 @@ class HistoryWriter:
         self._engine = engine
         self._max_batch = max_batch
         self._retry_seconds = retry_seconds
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._progress = threading.Condition()
         self._submitted = 0
         self._written = 0
@@ -179,7 +180,7 @@ class HistoryWriter:
     def write(self, record: RunRecord) -> int:
         """Store the record as it is now (a later write of the same attempt replaces it);
         its ticket."""
-        row = {name: getattr(record, name) for name in _ROW_FIELDS}
+        row = _row_of(record)
         with self._progress:  # the ticket and the queue position must agree
             self._submitted += 1
             ticket = self._submitted
@@ -222,10 +223,10 @@ class HistoryWriter:
         for listener in self._listeners:
             listener()
 
-    def _write_until_done(self, batch: list[dict[str, Any]]) -> None:
+    def _write_until_done(self, batch: list[tuple[Any, ...]]) -> None:
         # A row is upserted whole; a later state of the same attempt replaces an earlier one
         # (PostgreSQL refuses to touch a row twice in one statement).
-        rows = list({(row["run_id"], row["attempt"]): row for row in batch}.values())
+        rows = list({row[:2]: row for row in batch}.values())  # keyed by (run_id, attempt)
         delay = self._retry_seconds
         while True:
             try:
@@ -290,6 +291,9 @@ class DurableStarts:
 
 
 _ROW_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name != "id")
+assert _ROW_FIELDS[:2] == ("run_id", "attempt")
+#: A record's values as a tuple in one C call, for the row written.
+_row_of = operator.attrgetter(*_ROW_FIELDS)
 
 
 def _upsert_statement(engine: Engine) -> ValuesStatement:
@@ -305,7 +309,7 @@ def _upsert_statement(engine: Engine) -> ValuesStatement:
         f"INSERT INTO {quote(runs.name)} ({columns}) VALUES {{values}} "
         f"ON CONFLICT ({quote('run_id')}, {quote('attempt')}) DO UPDATE SET {completed}"
     )
-    return ValuesStatement(sql, [(name, runs.c[name].type) for name in _ROW_FIELDS], engine.dialect)
+    return ValuesStatement(sql, [runs.c[name].type for name in _ROW_FIELDS], engine.dialect)
 
 
 @dataclass(frozen=True)

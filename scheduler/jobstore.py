@@ -97,7 +97,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
     ) -> None:
         super().__init__(engine=engine, tablename=JOBS_TABLE)
         self._pending: dict[str, dict[str, Any]] = {}
-        self._pending_times: dict[str, dict[str, Any]] = {}
+        self._pending_times: dict[str, tuple[str, float]] = {}  # job id -> (id, next time)
         self._cache: dict[str, Any] = {}  # job id -> Job, as last written or read
         self._written_state: dict[str, dict[str, Any]] = {}  # job id -> state sans next run time
         self._due = DueIndex()
@@ -120,7 +120,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         self._update_times = ValuesStatement(
             f"UPDATE {name} SET next_run_time = CAST(v.column2 AS {float_type}) "
             f"FROM (VALUES {{values}}) AS v WHERE {name}.id = v.column1",
-            [("job_id", table.c.id.type), ("next_time", table.c.next_run_time.type)],
+            [table.c.id.type, table.c.next_run_time.type],
             engine.dialect,
         )
 
@@ -133,7 +133,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         self._due.set(job.id, next_time)
         with self._pending_lock:
             if state == self._written_state.get(job.id) and job.id not in self._pending:
-                self._pending_times[job.id] = {"job_id": job.id, "next_time": next_time}
+                self._pending_times[job.id] = (job.id, next_time)
                 return
             self._pending_times.pop(job.id, None)
             self._pending[job.id] = {

@@ -10,6 +10,7 @@ import functools
 import logging
 import re
 import sys
+from contextvars import ContextVar, Token
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -49,6 +50,36 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return scrubbed
 
 
+#: The run whose code is executing: (job type, run id, attempt or None). One variable set once
+#: per run and attempt, rather than structlog's bind_contextvars (a variable per key, a cost
+#: at thousands of runs a second); every log line of the run, the task's own included (through
+#: structlog or the standard library), carries it.
+_RUN: ContextVar[tuple[str, str, int | None] | None] = ContextVar("scheduler_run", default=None)
+RunToken = Token[tuple[str, str, int | None] | None]
+
+
+def bind_run(job_type: str, run_id: str, attempt: int | None = None) -> RunToken:
+    """Tag the log lines of the current context with the run; undo with `unbind_run`."""
+    return _RUN.set((job_type, run_id, attempt))
+
+
+def unbind_run(token: RunToken) -> None:
+    _RUN.reset(token)
+
+
+def add_run_context(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Put the current run's job type, run id and attempt first; the line's own keys win."""
+    run = _RUN.get()
+    if run is None:
+        return event_dict
+    job_type, run_id, attempt = run
+    tagged: EventDict = {"job_type": job_type, "run_id": run_id}
+    if attempt is not None:
+        tagged["attempt"] = attempt
+    tagged.update(event_dict)
+    return tagged
+
+
 def _not_a_max_instances_skip(record: logging.LogRecord) -> bool:
     """APScheduler warns of every run it skips at `max_instances`; the service logs the same
     skip as `run skipped` (reason max_instances). One line per skip, not two: under overload
@@ -83,6 +114,7 @@ def configure_logging(
     numeric_level = logging.getLevelName(level.upper())
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_run_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -132,8 +132,10 @@ class SchedulerMetrics:
         if record.duration_seconds is not None:
             series.duration.observe(record.duration_seconds)
         if record.outcome == Outcome.SUCCESS:
-            series.items_succeeded.inc(record.items_succeeded)
-            series.items_failed.inc(record.items_failed)
+            if record.items_succeeded:
+                series.items_succeeded.inc(record.items_succeeded)
+            if record.items_failed:
+                series.items_failed.inc(record.items_failed)
 
     def retrying(self, job_type: str) -> None:
         self._series(job_type).retries.inc()

@@ -58,7 +58,8 @@ def test_migrations_match_the_table_the_code_uses(engine: Engine) -> None:
 def test_writer_inserts_then_completes_rows_in_order(engine: Engine) -> None:
     writer = HistoryWriter(engine)
     # More rows than one statement carries (500), starts and ends of a row in one batch or not.
-    rows = [record(scheduled_at=datetime.now(UTC)) for _ in range(1200)]
+    rows = [record(scheduled_at=datetime.now(UTC)) for _ in range(1199)]
+    rows.append(record(scheduled_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)))  # no fraction
     for row in rows:
         writer.write(row)
     for row in rows:
@@ -72,6 +73,8 @@ def test_writer_inserts_then_completes_rows_in_order(engine: Engine) -> None:
     assert {r.outcome for r in stored} == {"success"}
     assert all(r.items_succeeded == 3 and r.finished_at is not None for r in stored)
     assert stored[0].started_at.tzinfo is not None
+    by_id = {r.run_id: r for r in stored}
+    assert all(by_id[row.run_id] == row for row in rows)  # every value, to the microsecond
     (skipped,) = history.recent("other")
     assert (skipped.skip_reason, skipped.error) == ("dependency", "why")
 
