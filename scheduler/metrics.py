@@ -7,6 +7,9 @@ exists from the start at 0, so "rate of failures" has data before the first fail
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,13 +19,17 @@ from platform import python_version
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Gauge,
-    Histogram,
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .history import RunRecord
 from .outcomes import FINISHED, Outcome, SkipReason
@@ -70,14 +77,6 @@ class SchedulerMetrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` doubles the output
         self.registry = CollectorRegistry()
         r = self.registry
-        self.job_duration = Histogram(
-            "scheduler_job_duration_seconds", "How long each attempt of a run took.",
-            ["job_type"], buckets=DURATION_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.job_runs = Counter(
-            "scheduler_job_runs", "Attempts that ended, by outcome.",
-            ["job_type", "outcome"], registry=r,
-        )  # fmt: skip
         self.job_retries = Counter(
             "scheduler_job_retries", "Attempts that were followed by a retry.", ["job_type"],
             registry=r,
@@ -86,85 +85,124 @@ class SchedulerMetrics:
             "scheduler_job_skipped", "Runs that did not happen, by reason.",
             ["job_type", "reason"], registry=r,
         )  # fmt: skip
-        self.job_lag = Histogram(
-            "scheduler_job_lag_seconds", "Start time minus scheduled time of each attempt.",
-            ["job_type"], buckets=LAG_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.job_in_progress = Gauge(
-            "scheduler_job_in_progress", "Attempts running now.", ["job_type"], registry=r
-        )
-        self.job_items = Counter(
-            "scheduler_job_items", "RunnerResult items returned, by their success.",
-            ["job_type", "outcome"], registry=r,
-        )  # fmt: skip
-        self._by_job: dict[str, _JobSeries] = {}
+        self._by_job: dict[str, _AttemptSeries] = {}
+        r.register(_AttemptCollector(self._by_job))
         r.register(_StatusCollector(status))
         ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
 
     def initialise(self, job_types: Iterable[str]) -> None:
         """Create every series of every job at 0."""
         for job_type in job_types:
-            self.job_duration.labels(job_type)
-            self.job_lag.labels(job_type)
+            self._series(job_type)
             self.job_retries.labels(job_type)
-            self.job_in_progress.labels(job_type)
-            for outcome in RUN_OUTCOMES:
-                self.job_runs.labels(job_type, outcome)
             for reason in SkipReason:
                 self.job_skips.labels(job_type, str(reason))
-            for outcome in ITEM_OUTCOMES:
-                self.job_items.labels(job_type, outcome)
 
-    # RunObserver: called for every run, so each job's children are looked up once and cached.
+    # RunObserver. Skips may be reported from any thread and retries are rare: they go to
+    # prometheus_client's own counters. Attempts are reported on the loop, thousands a second:
+    # plain numbers, read at scrape time (a client child takes a lock on every update).
     def skipped(self, job_type: str, reason: SkipReason) -> None:
         self.job_skips.labels(job_type, str(reason)).inc()
 
     def attempt_started(self, job_type: str, lag_seconds: float | None) -> None:
         series = self._series(job_type)
-        series.in_progress.inc()
+        series.in_progress += 1
         if lag_seconds is not None:
             series.lag.observe(max(lag_seconds, 0.0))
 
     def attempt_finished(self, record: RunRecord) -> None:
         series = self._series(record.job_type)
-        series.in_progress.dec()
-        series.runs[record.outcome].inc()
-        if record.duration_seconds is not None:
-            series.duration.observe(record.duration_seconds)
+        series.in_progress -= 1
+        series.runs[record.outcome] += 1
+        if record.finished_at is not None:
+            series.duration.observe((record.finished_at - record.started_at).total_seconds())
         if record.outcome == Outcome.SUCCESS:
-            if record.items_succeeded:
-                series.items_succeeded.inc(record.items_succeeded)
-            if record.items_failed:
-                series.items_failed.inc(record.items_failed)
+            series.items_succeeded += record.items_succeeded
+            series.items_failed += record.items_failed
 
     def retrying(self, job_type: str) -> None:
-        self._series(job_type).retries.inc()
+        self.job_retries.labels(job_type).inc()
 
-    def _series(self, job_type: str) -> _JobSeries:
+    def _series(self, job_type: str) -> _AttemptSeries:
         series = self._by_job.get(job_type)
         if series is None:
-            series = _JobSeries(
-                in_progress=self.job_in_progress.labels(job_type),
-                lag=self.job_lag.labels(job_type),
-                duration=self.job_duration.labels(job_type),
-                runs={outcome: self.job_runs.labels(job_type, outcome) for outcome in RUN_OUTCOMES},
-                retries=self.job_retries.labels(job_type),
-                items_succeeded=self.job_items.labels(job_type, "success"),
-                items_failed=self.job_items.labels(job_type, "failure"),
-            )
-            self._by_job[job_type] = series
+            series = self._by_job[job_type] = _AttemptSeries()
         return series
 
 
-@dataclass(frozen=True)
-class _JobSeries:
-    in_progress: Gauge
-    lag: Histogram
-    duration: Histogram
-    runs: dict[str, Counter]
-    retries: Counter
-    items_succeeded: Counter
-    items_failed: Counter
+class _Buckets:
+    """A histogram's counts per bucket (not cumulative) and sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le: a bound is inclusive
+        self.sum += value
+
+    def exposition(self) -> tuple[list[tuple[str, float]], float]:
+        cumulative = map(float, itertools.accumulate(self.counts))
+        return list(zip(_bucket_names(self.bounds), cumulative, strict=True)), self.sum
+
+
+@functools.cache
+def _bucket_names(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The `le` labels, written as prometheus_client writes them ("0.01", "1.0", "+Inf")."""
+    return (*(floatToGoString(bound) for bound in bounds), "+Inf")  # type: ignore[no-untyped-call]
+
+
+class _AttemptSeries:
+    """One job's attempt figures."""
+
+    __slots__ = ("duration", "in_progress", "items_failed", "items_succeeded", "lag", "runs")
+
+    def __init__(self) -> None:
+        self.in_progress = 0
+        self.lag = _Buckets(LAG_BUCKETS)
+        self.duration = _Buckets(DURATION_BUCKETS)
+        self.runs = dict.fromkeys(RUN_OUTCOMES, 0)
+        self.items_succeeded = 0
+        self.items_failed = 0
+
+
+class _AttemptCollector(Collector):
+    """The attempt metrics of every job, from their series at scrape time."""
+
+    def __init__(self, by_job: dict[str, _AttemptSeries]) -> None:
+        self._by_job = by_job
+
+    def collect(self) -> Iterator[Metric]:
+        duration = HistogramMetricFamily(
+            "scheduler_job_duration_seconds", "How long each attempt of a run took.",
+            labels=["job_type"],
+        )  # fmt: skip
+        lag = HistogramMetricFamily(
+            "scheduler_job_lag_seconds", "Start time minus scheduled time of each attempt.",
+            labels=["job_type"],
+        )  # fmt: skip
+        runs = CounterMetricFamily(
+            "scheduler_job_runs", "Attempts that ended, by outcome.", labels=["job_type", "outcome"]
+        )
+        in_progress = GaugeMetricFamily(
+            "scheduler_job_in_progress", "Attempts running now.", labels=["job_type"]
+        )
+        items = CounterMetricFamily(
+            "scheduler_job_items", "RunnerResult items returned, by their success.",
+            labels=["job_type", "outcome"],
+        )  # fmt: skip
+        for job_type, series in list(self._by_job.items()):
+            duration.add_metric([job_type], *series.duration.exposition())
+            lag.add_metric([job_type], *series.lag.exposition())
+            for outcome, count in list(series.runs.items()):
+                runs.add_metric([job_type, outcome], count)
+            in_progress.add_metric([job_type], series.in_progress)
+            items.add_metric([job_type, "success"], series.items_succeeded)
+            items.add_metric([job_type, "failure"], series.items_failed)
+        yield from (duration, runs, lag, in_progress, items)
 
 
 class _StatusCollector(Collector):
