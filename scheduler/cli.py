@@ -17,6 +17,7 @@ import click
 from .catalog import JobCatalog, load_catalog
 from .database import create_database_engine
 from .errors import SchedulerError
+from .event_loop import run_on_loop
 from .execution import NoHistory, RunCoordinator
 from .history import RunHistory, migrate
 from .job_state import JobStates
@@ -93,7 +94,7 @@ def run(tasks_dir: Path | None, config_file: Path | None) -> None:
             raise click.ClickException(
                 "configuration is invalid:\n" + "\n".join(f"  - {p}" for p in catalog.problems)
             )
-        asyncio.run(SchedulerService(settings, catalog).run())
+        run_on_loop(SchedulerService(settings, catalog).run(), settings.event_loop)
     except SchedulerError as error:
         raise click.ClickException(str(error)) from None
 

@@ -106,6 +106,7 @@ class SchedulerService:
             database=redact(self.settings.database_url),
             jobs=list(self.catalog.jobs),
             failed_task_files=[str(f.path) for f in self.catalog.failures],
+            event_loop=type(loop).__module__.split(".")[0],  # uvloop or asyncio
         )
         app = create_app(ServiceOperations(self))
         http = HttpServer(app, self.settings.http_host, self.settings.http_port)

@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigurationError
+from .event_loop import EventLoopChoice
 from .suggestions import did_you_mean
 
 ENV_PREFIX = "SCHEDULER_"
@@ -82,6 +83,9 @@ class ServiceSettings(BaseSettings):
     http_port: int = Field(default=DEFAULT_HTTP_PORT, ge=1, le=65535)
     #: Bearer token for the write endpoints (run now, pause, resume); unset disables them.
     admin_token: SecretStr | None = None
+    #: The asyncio event loop: uvloop (faster per run) or the standard library's; "auto" is
+    #: uvloop where it is installed.
+    event_loop: Annotated[EventLoopChoice, BeforeValidator(_lower)] = "auto"
 
 
 def load_settings(**overrides: Any) -> ServiceSettings:

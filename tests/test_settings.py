@@ -35,13 +35,15 @@ def test_command_line_overrides_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_bad_values_are_all_listed_with_their_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCHEDULER_LOG_LEVEL", "loud")
     monkeypatch.setenv("SCHEDULER_LOG_FORMAT", "xml")
+    monkeypatch.setenv("SCHEDULER_EVENT_LOOP", "tokio")
     with pytest.raises(ConfigurationError) as error:
         load_settings()
     problems = error.value.problems
-    assert len(problems) == 2
+    assert len(problems) == 3
     assert problems[0].startswith("SCHEDULER_LOG_LEVEL='loud': Input should be 'DEBUG'")
     assert problems[1].startswith("SCHEDULER_LOG_FORMAT='xml': Input should be 'json' or 'console'")
-    assert "2 configuration problem(s)" in str(error.value)
+    assert problems[2].startswith("SCHEDULER_EVENT_LOOP='tokio': Input should be 'auto'")
+    assert "3 configuration problem(s)" in str(error.value)
 
 
 def test_unknown_scheduler_variables_get_a_suggestion() -> None:
