@@ -6,6 +6,7 @@ committed transaction, and readers never block the writer. PostgreSQL is used th
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -101,7 +102,8 @@ class ValuesStatement:
             if (processor := _bind_processor(type_, dialect)) is not None
         ]
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        self._row = "(" + ", ".join([mark] * len(columns)) + ")"
+        self._width = len(columns)
+        self._row = "(" + ", ".join([mark] * self._width) + ")"
         self._max_rows = max_rows
         self._multi_row = dialect.name == "sqlite"
 
@@ -118,9 +120,15 @@ class ValuesStatement:
             # cache hits.
             size = min(self._max_rows, 1 << ((len(rows) - start).bit_length() - 1))
             chunk, start = rows[start : start + size], start + size
-            parameters = [value for row in chunk for value in self._parameters(row)]
             values = ", ".join([self._row] * len(chunk))
-            connection.exec_driver_sql(self.sql.format(values=values), tuple(parameters))
+            connection.exec_driver_sql(self.sql.format(values=values), self._flattened(chunk))
+
+    def _flattened(self, rows: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
+        """The parameters of `rows` in one flat tuple, converted in place."""
+        flat = list(itertools.chain.from_iterable(rows))
+        for index, processor in self._conversions:
+            flat[index :: self._width] = map(processor, flat[index :: self._width])
+        return tuple(flat)
 
     def _parameters(self, row: Sequence[Any]) -> tuple[Any, ...]:
         if not self._conversions:
