@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -147,11 +147,16 @@ def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any],
     processor = type_.dialect_impl(dialect).bind_processor(dialect)
     if processor is None or dialect.name != "sqlite" or not isinstance(type_, DateTime):
         return processor
-    samples = (datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=UTC), datetime(2001, 2, 3, 4, 5, 6))
+    samples = (
+        datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=UTC),
+        datetime(2001, 2, 3, 4, 5, 6),
+        datetime(5, 6, 7, 8, 9, 10, 11, tzinfo=timezone(timedelta(hours=-3))),
+    )
     if any(_sqlite_datetime(sample) != processor(sample) for sample in samples):
         return processor
     return _sqlite_datetime
 
 
 def _sqlite_datetime(value: datetime | None) -> str | None:
-    return None if value is None else value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    # "YYYY-MM-DD HH:MM:SS.ffffff", then the offset of an aware value, which SQLAlchemy drops
+    return None if value is None else value.isoformat(" ", "microseconds")[:26]
