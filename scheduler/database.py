@@ -112,7 +112,7 @@ class ValuesStatement:
             return
         if not self._multi_row:
             single_row = self.sql.format(values=self._row)
-            connection.exec_driver_sql(single_row, [self._parameters(row) for row in rows])
+            connection.exec_driver_sql(single_row, [self._flattened((row,)) for row in rows])
             return
         start = 0
         while start < len(rows):
@@ -124,19 +124,11 @@ class ValuesStatement:
             connection.exec_driver_sql(self.sql.format(values=values), self._flattened(chunk))
 
     def _flattened(self, rows: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
-        """The parameters of `rows` in one flat tuple, converted in place."""
+        """The parameters of `rows` in one flat tuple, converted by column."""
         flat = list(itertools.chain.from_iterable(rows))
         for index, processor in self._conversions:
             flat[index :: self._width] = map(processor, flat[index :: self._width])
         return tuple(flat)
-
-    def _parameters(self, row: Sequence[Any]) -> tuple[Any, ...]:
-        if not self._conversions:
-            return tuple(row)
-        values = list(row)
-        for index, processor in self._conversions:
-            values[index] = processor(values[index])
-        return tuple(values)
 
 
 def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:

@@ -27,6 +27,7 @@ import heapq
 import pickle
 import threading
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -69,6 +70,12 @@ class DueIndex:
     def clear(self) -> None:
         self._times.clear()
         self._heap.clear()
+
+    def replace(self, times: Iterable[tuple[str, float | None]]) -> None:
+        """Index exactly these (job id, next run time) pairs."""
+        self.clear()
+        for job_id, timestamp in times:
+            self.set(job_id, timestamp)
 
     def due(self, now: float) -> list[str]:
         """The ids due at `now`, earliest first. They stay in the index until moved."""
@@ -202,9 +209,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         table = self.jobs_t
         with self.engine.begin() as connection:
             rows = connection.execute(select(table.c.id, table.c.next_run_time)).all()
-        self._due.clear()
-        for job_id, next_time in rows:
-            self._due.set(job_id, next_time)
+        self._due.replace((job_id, next_time) for job_id, next_time in rows)
         self._indexed = True
         self._healthy_again()
 
@@ -255,9 +260,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         jobs = self._load()
         self._fix_paused_jobs_sorting(jobs)
         self.next_run_times = {job.id: job.next_run_time for job in jobs}
-        self._due.clear()
-        for job in jobs:
-            self._due.set(job.id, datetime_to_utc_timestamp(job.next_run_time))
+        self._due.replace((job.id, datetime_to_utc_timestamp(job.next_run_time)) for job in jobs)
         self._indexed = True
         return jobs
 

@@ -40,7 +40,6 @@ DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 12
 #: From 1 ms to 10 min: how late runs start.
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
 RUN_OUTCOMES = tuple(str(outcome) for outcome in FINISHED)
-ITEM_OUTCOMES = ("success", "failure")
 
 
 def package_version() -> str:
@@ -114,8 +113,8 @@ class SchedulerMetrics:
         series = self._series(record.job_type)
         series.in_progress -= 1
         series.runs[record.outcome] += 1
-        if record.finished_at is not None:
-            series.duration.observe((record.finished_at - record.started_at).total_seconds())
+        if (duration := record.duration_seconds) is not None:
+            series.duration.observe(duration)
         if record.outcome == Outcome.SUCCESS:
             series.items_succeeded += record.items_succeeded
             series.items_failed += record.items_failed
