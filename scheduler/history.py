@@ -306,7 +306,7 @@ def _upsert_statement(engine: Engine) -> ValuesStatement:
         f"{quote(name)} = excluded.{quote(name)}" for name in ("started_at", *_FINAL_FIELDS)
     )
     sql = (
-        f"INSERT INTO {quote(runs.name)} ({columns}) VALUES {{values}} "
+        f"INSERT INTO {quote(runs.name)} ({columns}) {{rows}} "
         f"ON CONFLICT ({quote('run_id')}, {quote('attempt')}) DO UPDATE SET {completed}"
     )
     return ValuesStatement(sql, [runs.c[name].type for name in _ROW_FIELDS], engine.dialect)

@@ -126,7 +126,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         name, float_type = quote(table.name), engine.dialect.type_compiler_instance.process(Float())
         self._update_times = ValuesStatement(
             f"UPDATE {name} SET next_run_time = CAST(v.column2 AS {float_type}) "
-            f"FROM (VALUES {{values}}) AS v WHERE {name}.id = v.column1",
+            f"FROM ({{rows}}) AS v WHERE {name}.id = v.column1",
             [table.c.id.type, table.c.next_run_time.type],
             engine.dialect,
         )
