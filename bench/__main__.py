@@ -1,6 +1,6 @@
 """`python -m bench` (`make bench`): every benchmark, one after another.
 
-The dispatch benchmark takes long (about 30 minutes with its defaults); narrow it with
+The dispatch benchmark takes long (about 40 minutes with its defaults); narrow it with
 BENCH_COUNTS, BENCH_STORES, BENCH_MODES, BENCH_SECONDS and BENCH_REPEATS.
 """
 

@@ -6,8 +6,11 @@ committed transaction, and readers never block the writer. PostgreSQL is used th
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import re
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -19,7 +22,11 @@ from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.engine.url import URL
 from sqlalchemy.types import TypeEngine
 
+from .errors import ConfigurationError
+
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+#: UPDATE ... FROM (3.33) and the JSON functions, which the batch writes use
+SQLITE_MINIMUM = (3, 33, 0)
 
 
 def normalize_url(url: str) -> URL:
@@ -54,6 +61,8 @@ def redact(url: str | URL) -> str:
 def create_database_engine(url: str, **options: Any) -> Engine:
     """An engine for `url`, creating the SQLite file's directory when needed."""
     parsed = normalize_url(url)
+    if is_sqlite(parsed) and (problem := sqlite_problem()) is not None:
+        raise ConfigurationError([problem])
     path = sqlite_path(parsed)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +73,32 @@ def create_database_engine(url: str, **options: Any) -> Engine:
     if is_sqlite(parsed):
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def sqlite_problem(
+    version: tuple[int, int, int] = sqlite3.sqlite_version_info, json: bool | None = None
+) -> str | None:
+    """Why the SQLite library Python links cannot hold the scheduler's database, if it cannot."""
+    json = _linked_sqlite_has_json() if json is None else json
+    if version >= SQLITE_MINIMUM and json:
+        return None
+    found = ".".join(map(str, version)) + ("" if json else " without its JSON functions")
+    needed = ".".join(map(str, SQLITE_MINIMUM))
+    return (
+        f"SCHEDULER_DATABASE_URL: this Python's sqlite3 module links SQLite {found}; the "
+        f"scheduler needs {needed} or newer with JSON functions (a newer Python build, or "
+        "PostgreSQL)"
+    )
+
+
+@functools.cache
+def _linked_sqlite_has_json() -> bool:
+    with contextlib.closing(sqlite3.connect(":memory:")) as connection:
+        try:
+            connection.execute("SELECT json_extract('[1]', '$[0]')")
+        except sqlite3.OperationalError:
+            return False
+    return True
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -101,7 +136,9 @@ class ValuesStatement:
         self._json = dialect.name == "sqlite"
         if self._json:
             # WHERE: SQLite's parser needs it between `INSERT ... SELECT` and `ON CONFLICT`
-            unpacked = ", ".join(f"value ->> {i} AS column{i + 1}" for i in range(len(columns)))
+            unpacked = ", ".join(
+                f"json_extract(value, '$[{i}]') AS column{i + 1}" for i in range(len(columns))
+            )
             self.sql = sql.format(rows=f"SELECT {unpacked} FROM json_each(?) WHERE true")
         else:
             marks = ", ".join(["?" if dialect.paramstyle == "qmark" else "%s"] * len(columns))

@@ -25,7 +25,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 
-from scheduler.database import ValuesStatement, _bind_processor, create_database_engine
+from scheduler.database import (
+    ValuesStatement,
+    _bind_processor,
+    create_database_engine,
+    sqlite_problem,
+)
 
 table = Table(
     "sample",
@@ -131,3 +136,12 @@ def test_sqlite_datetimes_are_written_as_sqlalchemy_writes_them() -> None:
         values.append(moment.replace(tzinfo=rng.choice(zones)))
     values += [value.replace(microsecond=0) for value in values[3:100] if value is not None]
     assert [ours(value) for value in values] == [theirs(value) for value in values]
+
+
+def test_a_sqlite_too_old_for_the_batch_writes_is_refused_by_name() -> None:
+    assert sqlite_problem() is None  # the SQLite this Python links (CI's too) is new enough
+    old = sqlite_problem((3, 31, 1), json=True)
+    assert old is not None and "SQLite 3.31.1" in old and "3.33.0 or newer" in old
+    assert old.startswith("SCHEDULER_DATABASE_URL")
+    without_json = sqlite_problem((3, 40, 1), json=False)
+    assert without_json is not None and "3.40.1 without its JSON functions" in without_json
