@@ -100,6 +100,7 @@ def utc(moment: datetime | None) -> datetime | None:
 
 def summarize_error(error: BaseException | str) -> str:
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}".rstrip(": ")
+    text = text.replace("\x00", "\\x00")  # PostgreSQL's text cannot hold NUL
     return text if len(text) <= ERROR_SUMMARY_LIMIT else text[: ERROR_SUMMARY_LIMIT - 1] + "…"
 
 

@@ -24,6 +24,7 @@ from scheduler.history import (
     metadata,
     migrate,
     runs,
+    summarize_error,
 )
 
 
@@ -202,3 +203,13 @@ def test_run_ids_are_uuid7s_in_time_order() -> None:
     assert milliseconds == sorted(milliseconds)  # the index on them grows at one end
     first = datetime.fromtimestamp(milliseconds[0] / 1000, UTC)
     assert before <= first <= datetime.now(UTC)
+
+
+def test_an_error_text_with_a_nul_character_is_stored(engine: Engine) -> None:
+    writer = HistoryWriter(engine)
+    error = summarize_error(ValueError("bad\x00byte"))
+    writer.write(record(outcome="failure", finished_at=datetime.now(UTC), error=error))
+    assert writer.flush(timeout=10) and writer.healthy  # PostgreSQL refuses NUL in text
+    writer.close()
+    (stored,) = RunHistory(engine).recent()
+    assert stored.error == "ValueError: bad\\x00byte"

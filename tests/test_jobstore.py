@@ -67,10 +67,7 @@ def test_a_wakeups_updates_are_written_together(
     assert seen == [] and store.pending == 50  # nothing written yet
     assert store.get_next_run_time() == later
     updates = [s for s in seen if s[0] == "UPDATE"]
-    if engine.dialect.name == "sqlite":  # all 50 rows in one JSON parameter: one step
-        assert updates == [("UPDATE", False)]
-    else:  # one pipelined executemany
-        assert updates == [("UPDATE", True)]
+    assert updates == [("UPDATE", False)]  # all 50 rows in one JSON parameter
     assert store.pending == 0
     assert store.get_due_jobs(datetime.now(UTC)) == []
 
