@@ -59,7 +59,7 @@ def test_migrations_match_the_table_the_code_uses(engine: Engine) -> None:
 
 def test_writer_inserts_then_completes_rows_in_order(engine: Engine) -> None:
     writer = HistoryWriter(engine)
-    # More rows than one statement carries (500), starts and ends of a row in one batch or not.
+    # More rows than one batch holds (1,000), starts and ends of a row in one batch or not.
     rows = [record(scheduled_at=datetime.now(UTC)) for _ in range(1199)]
     rows.append(record(scheduled_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)))  # no fraction
     for row in rows:
