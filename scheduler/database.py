@@ -109,7 +109,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class ValuesStatement:
+class BatchStatement:
     """A write of many rows at once: one statement per batch, the batch one JSON parameter.
 
     For the writes that happen thousands of times a second. `sql` holds `{rows}` where a row

@@ -48,7 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .database import ValuesStatement
+from .database import BatchStatement
 from .outcomes import FINISHED, Outcome
 
 log = structlog.get_logger(__name__)
@@ -297,7 +297,7 @@ assert _ROW_FIELDS[:2] == ("run_id", "attempt")
 _row_of = operator.attrgetter(*_ROW_FIELDS)
 
 
-def _upsert_statement(engine: Engine) -> ValuesStatement:
+def _upsert_statement(engine: Engine) -> BatchStatement:
     """Insert rows, or complete those already there: a start, an end, or both at once."""
     quote = engine.dialect.identifier_preparer.quote
     columns = ", ".join(quote(name) for name in _ROW_FIELDS)
@@ -310,7 +310,7 @@ def _upsert_statement(engine: Engine) -> ValuesStatement:
         f"INSERT INTO {quote(runs.name)} ({columns}) {{rows}} "
         f"ON CONFLICT ({quote('run_id')}, {quote('attempt')}) DO UPDATE SET {completed}"
     )
-    return ValuesStatement(sql, [runs.c[name].type for name in _ROW_FIELDS], engine.dialect)
+    return BatchStatement(sql, [runs.c[name].type for name in _ROW_FIELDS], engine.dialect)
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,9 @@ from typing import Any
 import structlog
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
-from sqlalchemy import Engine, Float, and_, bindparam, select
+from sqlalchemy import Engine, and_, bindparam, select
 
-from .database import ValuesStatement
+from .database import BatchStatement
 
 log = structlog.get_logger(__name__)
 
@@ -123,9 +123,9 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
             .values(next_run_time=bindparam("next_time"), job_state=bindparam("state"))
         )
         quote = engine.dialect.identifier_preparer.quote
-        name, float_type = quote(table.name), engine.dialect.type_compiler_instance.process(Float())
-        self._update_times = ValuesStatement(
-            f"UPDATE {name} SET next_run_time = CAST(v.column2 AS {float_type}) "
+        name = quote(table.name)
+        self._update_times = BatchStatement(
+            f"UPDATE {name} SET next_run_time = v.column2 "
             f"FROM ({{rows}}) AS v WHERE {name}.id = v.column1",
             [table.c.id.type, table.c.next_run_time.type],
             engine.dialect,

@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 
 from scheduler.database import (
-    ValuesStatement,
+    BatchStatement,
     _bind_processor,
     create_database_engine,
     sqlite_problem,
@@ -90,7 +90,7 @@ def test_a_batch_of_rows_is_stored_as_sqlalchemy_stores_it(engine: Engine) -> No
     rows = sample_rows(300, seed=3)
     columns = [column.type for column in table.columns]
     names = ", ".join(column.name for column in table.columns)
-    statement = ValuesStatement(f"INSERT INTO sample ({names}) {{rows}}", columns, engine.dialect)
+    statement = BatchStatement(f"INSERT INTO sample ({names}) {{rows}}", columns, engine.dialect)
     steps: list[bool] = []
     event.listen(engine, "before_cursor_execute", lambda *args: steps.append(args[-1]))
     with engine.begin() as connection:
@@ -107,8 +107,8 @@ def test_a_batch_updates_rows_through_a_join(engine: Engine) -> None:
     rows = sample_rows(50, seed=4)
     with engine.begin() as connection:
         connection.execute(insert(table), as_dicts(rows))
-    statement = ValuesStatement(
-        "UPDATE sample SET ratio = CAST(v.column2 AS FLOAT), note = v.column3 "
+    statement = BatchStatement(
+        "UPDATE sample SET ratio = v.column2, note = v.column3 "
         "FROM ({rows}) AS v WHERE sample.key = v.column1",
         [table.c.key.type, table.c.ratio.type, table.c.note.type],
         engine.dialect,
