@@ -209,7 +209,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         table = self.jobs_t
         with self.engine.begin() as connection:
             rows = connection.execute(select(table.c.id, table.c.next_run_time)).all()
-        self._due.replace((job_id, next_time) for job_id, next_time in rows)
+        self._due.replace(rows)
         self._indexed = True
         self._healthy_again()
 
