@@ -25,14 +25,15 @@ from apscheduler.executors.base import run_job
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scheduler import BaseTask, JobContext, JobRegistry, RunnerResult, job
+from scheduler.backends import InlineBackend
+from scheduler.coordinator import HistorySink, NoHistory, RunCoordinator, RunObserver
 from scheduler.database import create_database_engine
-from scheduler.execution import HistorySink, NoHistory, RunCoordinator, RunObserver
 from scheduler.history import DurableStarts, HistoryWriter, migrate
 from scheduler.job_config import resolve_job_configs
 from scheduler.job_state import JobStates
 from scheduler.logs import configure_logging
 from scheduler.metrics import SchedulerMetrics, ServiceStatus
-from scheduler.workers import PriorityWorkerPool
+from scheduler.slots import PrioritySlots
 
 JOB = "bench_noop"
 CONCURRENT = 500
@@ -61,7 +62,8 @@ async def _per_run_seconds(
         resolve_job_configs(JobRegistry.list_jobs(), {}).jobs,
         history=history,
         states=JobStates(),
-        workers=PriorityWorkerPool(CONCURRENT),
+        slots=PrioritySlots(CONCURRENT),
+        backend=InlineBackend(kill_grace_seconds=5.0),
         instance="bench",
         observer=observer,
     )

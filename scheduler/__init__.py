@@ -14,16 +14,16 @@ from .errors import (
     DiscoveryError,
     DuplicateJobError,
     JobDefinitionError,
+    NonRetryableError,
     SchedulerError,
     UnknownJobTypeAttributeError,
     UnknownJobTypeError,
 )
-from .execution import NonRetryableError, RunSummary
 from .job_config import ResolvedJob, ValueOrigin, resolve_job_configs
 from .job_types import JobType
 from .metadata import JobMetadata, SourceLocation
 from .options import JobConfig, JobPriority
-from .outcomes import Outcome, SkipReason, Trigger
+from .records import Outcome, RunSummary, SkipReason, Trigger
 from .registry import JobRegistry
 from .requirements import RequirementRegistry, RequirementUnavailable, env_requirement, requirement
 from .settings import ServiceSettings, load_settings

@@ -5,13 +5,16 @@ Task files import from here under the seed's name: `from ..base import BaseTask,
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import inspect
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .job_types import JobType
 from .options import JobConfig
@@ -52,6 +55,9 @@ class JobContext:
     #: What the job's requirement providers handed over, by requirement name ("twitter": client).
     resources: Mapping[str, object] = field(default_factory=_no_resources)
 
+    def with_resources(self, resources: Mapping[str, object]) -> JobContext:
+        return dataclasses.replace(self, resources=MappingProxyType(dict(resources)))
+
     @property
     def batch_size(self) -> int:
         return self.config.batch_size
@@ -74,8 +80,18 @@ class BaseTask(ABC, Generic[ResultT]):
         """Do the job's work once and return one result per item handled."""
 
     async def execute(self, context: JobContext) -> list[ResultT]:
-        """Run the task once; the service calls this, wrapped in its timeout and retries."""
-        return await self._execute_impl(context)
+        """Run the task once; the service calls this, wrapped in its timeout and retries.
+
+        A plain `def _execute_impl` runs in a thread of its own, so blocking code does not stall
+        the other runs; a thread cannot be cancelled, so at its timeout the run is recorded
+        `timeout` and its worker process is recycled once the thread is abandoned.
+        """
+        impl: Callable[[JobContext], Any] = self._execute_impl
+        if inspect.iscoroutinefunction(impl):
+            results: list[ResultT] = await impl(context)
+        else:
+            results = await asyncio.to_thread(impl, context)
+        return results
 
     @staticmethod
     def batches(items: Iterable[ItemT], size: int) -> Iterator[list[ItemT]]:

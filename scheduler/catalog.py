@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ import structlog
 
 from .dependencies import dependency_cycles, unknown_dependencies
 from .discovery import DiscoveryFailure, DiscoveryReport, discover
+from .isolated_discovery import discover_isolated, probe_requirements
 from .job_config import ResolvedJob, resolve_job_configs
 from .registry import JobRegistry
 from .requirements import unavailable_requirements
@@ -27,6 +29,10 @@ class JobCatalog:
     #: Configuration problems: the service refuses to start while there is any.
     problems: tuple[str, ...]
     warnings: tuple[str, ...]
+    #: The task files were imported in child processes (this process holds metadata only).
+    isolated: bool = False
+    #: Per task file import deadline, for the isolated requirement probe.
+    timeout_seconds: float = 10.0
 
     @property
     def failures(self) -> tuple[DiscoveryFailure, ...]:
@@ -41,8 +47,14 @@ class JobCatalog:
 
     async def blocked_by_requirements(self) -> dict[str, list[str]]:
         """Job type -> why each of its unavailable requirements is unavailable (asks providers)."""
-        names = {name for job in self.jobs.values() for name in job.metadata.requirements}
-        reasons = await unavailable_requirements(sorted(names))
+        names = sorted({name for job in self.jobs.values() for name in job.metadata.requirements})
+        if not names:
+            return {}
+        if self.isolated:
+            tasks_dir, timeout = self.discovery.tasks_dir, self.timeout_seconds
+            reasons = await asyncio.to_thread(probe_requirements, tasks_dir, names, timeout)
+        else:
+            reasons = await unavailable_requirements(names)
         blocked = {}
         for job_type, job in self.jobs.items():
             why = [reasons[name] for name in job.metadata.requirements if name in reasons]
@@ -51,9 +63,21 @@ class JobCatalog:
         return blocked
 
 
-def load_catalog(settings: ServiceSettings, environ: Mapping[str, str]) -> JobCatalog:
-    """Discover the tasks folder and resolve every job's configuration against `environ`."""
-    report = discover(settings.tasks_dir)
+def load_catalog(
+    settings: ServiceSettings, environ: Mapping[str, str], *, isolated: bool | None = None
+) -> JobCatalog:
+    """Discover the tasks folder and resolve every job's configuration against `environ`.
+
+    `isolated` (the default in process mode) imports the task files in child processes, so a
+    file that hangs, exits or crashes at import costs only its own jobs.
+    """
+    if isolated is None:
+        isolated = settings.execution == "process"
+    if isolated:
+        report = discover_isolated(settings.tasks_dir, settings.discovery_timeout_seconds).report
+        _log_discovery(report)
+    else:
+        report = discover(settings.tasks_dir)
     jobs = JobRegistry.list_jobs()
     resolved = resolve_job_configs(jobs, environ, settings.config_file)
     failed = [str(failure.path) for failure in report.failures]
@@ -68,4 +92,27 @@ def load_catalog(settings: ServiceSettings, environ: Mapping[str, str]) -> JobCa
     ]
     for warning in warnings:
         log.warning(warning)
-    return JobCatalog(report, resolved.jobs, tuple(problems), tuple(warnings))
+    return JobCatalog(
+        report,
+        resolved.jobs,
+        tuple(problems),
+        tuple(warnings),
+        isolated=isolated,
+        timeout_seconds=settings.discovery_timeout_seconds,
+    )
+
+
+def _log_discovery(report: DiscoveryReport) -> None:
+    for failure in report.failures:
+        log.error("task file failed to import", path=str(failure.path), error=failure.error)
+        if failure.traceback:
+            log.debug("task file traceback", path=str(failure.path), traceback=failure.traceback)
+    log.info(
+        "discovery finished",
+        tasks_dir=str(report.tasks_dir),
+        files=len(report.modules) + len(report.failures),
+        jobs=list(report.job_types),
+        failed_files=[str(f.path) for f in report.failures],
+        seconds=round(report.seconds, 4),
+        isolated=True,
+    )

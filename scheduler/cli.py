@@ -14,15 +14,15 @@ from typing import Any, TypeVar
 
 import click
 
+from .backends import InlineBackend
 from .catalog import JobCatalog, load_catalog
+from .coordinator import NoHistory, RunCoordinator
 from .database import create_database_engine
 from .errors import SchedulerError
 from .event_loop import run_on_loop
-from .execution import NoHistory, RunCoordinator
 from .history import RunHistory, migrate
 from .job_state import JobStates
 from .logs import configure_logging
-from .outcomes import Outcome, Trigger
 from .presentation import (
     blocked_lines,
     catalog_as_json,
@@ -31,9 +31,10 @@ from .presentation import (
     run_as_json,
     runs_table,
 )
+from .records import Outcome, Trigger
 from .service import SchedulerService
 from .settings import ServiceSettings, load_settings
-from .workers import PriorityWorkerPool
+from .slots import PrioritySlots
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,7 +72,7 @@ def _quiet_catalog(tasks_dir: Path | None, config_file: Path | None, verbose: bo
     # The report is the output; log lines would only repeat it, unless asked for.
     configure_logging("DEBUG" if verbose else "CRITICAL", "console")
     try:
-        return load_catalog(settings, os.environ)
+        return load_catalog(settings, os.environ, isolated=True)  # task code stays in children
     except SchedulerError as error:
         raise click.ClickException(str(error)) from None
 
@@ -170,7 +171,7 @@ def run_job(job_type: str, tasks_dir: Path | None, config_file: Path | None) -> 
     succeeded. For development: no history is written and dependencies are not checked."""
     settings = _settings(tasks_dir=tasks_dir, config_file=config_file)
     configure_logging(settings.log_level, "console")
-    catalog = load_catalog(settings, os.environ)
+    catalog = load_catalog(settings, os.environ, isolated=False)  # it runs here, in the foreground
     if job_type not in catalog.jobs:
         known = ", ".join(catalog.jobs) or "(none)"
         raise click.ClickException(f"no job {job_type!r} in {settings.tasks_dir}; known: {known}")
@@ -180,7 +181,8 @@ def run_job(job_type: str, tasks_dir: Path | None, config_file: Path | None) -> 
             catalog.jobs,
             history=NoHistory(),
             states=JobStates(),
-            workers=PriorityWorkerPool(1),
+            slots=PrioritySlots(1),
+            backend=InlineBackend(settings.kill_grace_seconds),
             instance="run-job",
             check_dependencies=False,
         )

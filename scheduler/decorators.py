@@ -83,12 +83,15 @@ def job(
                 job_type=job_type,
                 name=name or _readable(cls.__name__),
                 description=description or _own_docstring(cls),
-                task_class=cls,
+                module=cls.__module__,
+                class_name=cls.__qualname__,
                 defaults=config,
                 requirements=required,
                 dependencies=needs,
                 source=location,
-            )
+                synchronous=not inspect.iscoroutinefunction(cls._execute_impl),
+            ),
+            cls,
         )
         return cls
 
@@ -110,10 +113,6 @@ def _check_task_class(cls: object, problems: list[str]) -> None:
     impl = cls._execute_impl
     if impl is BaseTask._execute_impl:
         problems.append(f"{cls.__qualname__} does not implement _execute_impl")
-    elif not inspect.iscoroutinefunction(impl):
-        problems.append(
-            f"{cls.__qualname__}._execute_impl must be declared 'async def', it is a plain function"
-        )
 
 
 def _requirement_names(options: Mapping[str, object], problems: list[str]) -> tuple[str, ...]:

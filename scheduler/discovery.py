@@ -14,8 +14,10 @@ import importlib.util
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -58,8 +60,22 @@ def task_files(tasks_dir: Path) -> list[Path]:
     return sorted(p for p in tasks_dir.glob("*.py") if not p.name.startswith("_"))
 
 
-def discover(tasks_dir: Path) -> DiscoveryReport:
-    """Import the task files of `tasks_dir` afresh and report what registered and what failed."""
+class DiscoveryListener(Protocol):
+    """Told of each task file as discovery starts and finishes it (the isolated child reports
+    through it, so that a file that hangs or ends the process is known by name)."""
+
+    def started(self, path: Path) -> None: ...
+    def finished(
+        self, path: Path, failure: DiscoveryFailure | None, job_types: list[str]
+    ) -> None: ...
+
+
+def discover(
+    tasks_dir: Path, files: Sequence[Path] | None = None, listener: DiscoveryListener | None = None
+) -> DiscoveryReport:
+    """Import the task files of `tasks_dir` (or just `files` of it) afresh, in this process, and
+    report what registered and what failed. The service itself calls this only in inline
+    mode: see `isolated_discovery` for the child process that keeps task code out of it."""
     started = time.perf_counter()
     tasks_dir = tasks_dir.resolve()
     if not tasks_dir.is_dir():
@@ -69,17 +85,22 @@ def discover(tasks_dir: Path) -> DiscoveryReport:
     modules: list[str] = []
     failures: list[DiscoveryFailure] = []
     job_files: dict[str, Path] = {}
-    for path in task_files(tasks_dir):
+    for path in task_files(tasks_dir) if files is None else files:
         before = {m.job_type for m in JobRegistry.list_jobs()}
+        if listener is not None:
+            listener.started(path)
         failure = _import_task_file(path)
         if failure is not None:
             failures.append(failure)
             log.error("task file failed to import", path=str(path), error=failure.error)
-            continue
-        modules.append(f"{TASKS_PACKAGE}.{path.stem}")
-        job_files.update(
-            (m.job_type, path) for m in JobRegistry.list_jobs() if m.job_type not in before
-        )
+            log.debug("task file traceback", path=str(path), traceback=failure.traceback)
+            new: list[str] = []
+        else:
+            modules.append(f"{TASKS_PACKAGE}.{path.stem}")
+            new = [m.job_type for m in JobRegistry.list_jobs() if m.job_type not in before]
+            job_files.update((job_type, path) for job_type in new)
+        if listener is not None:
+            listener.finished(path, failure, new)
 
     report = DiscoveryReport(
         tasks_dir=tasks_dir,
@@ -122,7 +143,7 @@ def _import_task_file(path: Path) -> DiscoveryFailure | None:
         importlib.import_module(module)
     except (Exception, SystemExit) as error:  # a task file may raise anything at import time
         _forget_module(module)
-        return DiscoveryFailure(path, _describe(error), traceback.format_exc())
+        return DiscoveryFailure(path, _describe(error, path), traceback.format_exc())
     return None
 
 
@@ -133,7 +154,9 @@ def _forget_module(module: str) -> None:
     sys.modules.pop(module, None)
 
 
-def _describe(error: BaseException) -> str:
-    if isinstance(error, SyntaxError):
+def _describe(error: BaseException, path: Path) -> str:
+    if isinstance(error, SyntaxError) and error.filename == str(path):
         return f"{type(error).__name__}: {error.msg} (line {error.lineno})"
-    return f"{type(error).__name__}: {error}"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == str(path)]
+    where = f" (line {frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{where}"

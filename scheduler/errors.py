@@ -9,6 +9,14 @@ class SchedulerError(Exception):
     """Base class of every error the scheduler raises on purpose."""
 
 
+class NonRetryableError(SchedulerError):
+    """Raise it from a task when the run failed and trying again cannot help (bad input)."""
+
+
+class WorkerError(SchedulerError):
+    """A worker process could not be started or spoke out of turn."""
+
+
 class JobDefinitionError(SchedulerError):
     """A `@job` declaration is wrong: an unknown option, a bad value, a class that cannot run."""
 

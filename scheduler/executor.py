@@ -1,80 +1,15 @@
-"""The bridge from APScheduler's thread to the service's asyncio loop."""
+"""The function every stored job references. It must never move: APScheduler deletes stored
+jobs whose function it cannot import. Runs are handed to the service's coordinator by
+`handoff.LoopExecutor`; nothing calls this function."""
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import functools
-import threading
-from datetime import datetime
-from typing import Any
-
-from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
-from apscheduler.executors.base import BaseExecutor
-
 from .errors import SchedulerError
-from .execution import RunCoordinator
 
-#: What every stored job references. It must never move: APScheduler deletes stored jobs whose
-#: function it cannot import.
 JOB_FUNCTION = "scheduler.executor:scheduled_run"
 
 
 def scheduled_run(job_type: str, task_file: str | None = None) -> None:
-    """The function stored with every job. Runs are dispatched by `LoopExecutor`, which hands
-    the job type to the service's RunCoordinator; nothing calls this directly."""
     raise SchedulerError(
         f"job {job_type!r} must be run by the scheduler service's executor, not called directly"
     )
-
-
-class LoopExecutor(BaseExecutor):  # type: ignore[misc]
-    """Runs each due job as a coroutine on the service's event loop.
-
-    APScheduler's own `max_instances` accounting still applies: a run counts as an instance from
-    submission until its coroutine ends, retries included.
-
-    Submissions are handed over in batches: one `call_soon_threadsafe` wakes the loop for all
-    that queued meanwhile. One per job would write to the loop's self-pipe per job, and every
-    such system call gives up the GIL, which a busy loop thread then holds for a whole switch
-    interval: a few hundred submissions a second at most.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, coordinator: RunCoordinator) -> None:
-        super().__init__()
-        self._loop = loop
-        self._coordinator = coordinator
-        self._queue: collections.deque[tuple[Any, list[datetime]]] = collections.deque()
-        self._wake_lock = threading.Lock()
-        self._wake_pending = False
-
-    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        self._queue.append((job, run_times))
-        with self._wake_lock:
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        self._loop.call_soon_threadsafe(self._start_queued)
-
-    def _start_queued(self) -> None:
-        """On the loop: start a run task for every queued submission."""
-        with self._wake_lock:
-            self._wake_pending = False  # before draining: a later submission wakes us again
-        while self._queue:
-            job, run_times = self._queue.popleft()
-            task = self._coordinator.start_due(
-                job.id, run_times, job.misfire_grace_time, job.kwargs.get("task_file")
-            )
-            task.add_done_callback(
-                functools.partial(self._finished, job.id, job._jobstore_alias, run_times)
-            )
-
-    def _finished(
-        self, job_id: str, jobstore: str, run_times: list[datetime], task: asyncio.Task[None]
-    ) -> None:
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            self._run_job_error(job_id, error, error.__traceback__)
-            return
-        events = [JobExecutionEvent(EVENT_JOB_EXECUTED, job_id, jobstore, t) for t in run_times]
-        self._run_job_success(job_id, events)

@@ -20,7 +20,7 @@ import operator
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,21 +40,23 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     delete,
     false,
     func,
+    not_,
+    or_,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .database import BatchStatement
-from .outcomes import FINISHED, Outcome
+from .records import FINISHED, Outcome, RunRecord
 
 log = structlog.get_logger(__name__)
 
 VERSION_TABLE = "scheduler_alembic_version"
-ERROR_SUMMARY_LIMIT = 2000
 
 metadata = MetaData()
 runs = Table(
@@ -81,6 +83,23 @@ runs = Table(
     Index("ix_scheduler_runs_started_at", "started_at"),
 )
 
+#: Jobs taken out of the schedule because their runs kept killing their worker (quarantine.py).
+#: A row stays when lifted (`lifted_at`): crash streaks count only attempts after it.
+quarantines = Table(
+    "scheduler_quarantine",
+    metadata,
+    Column("job_type", String(191), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("task_file_digest", String(64), nullable=False),
+    Column("quarantined_at", DateTime(timezone=True), nullable=False),
+    Column("lifted_at", DateTime(timezone=True), nullable=True),
+)
+
+#: The error text of attempts closed at start-up because the process running them died.
+INTERRUPTED_BY_CRASH = "the scheduler process stopped during this run (killed or crashed)"
+#: How the hard timeout's record begins (worker_pool): such an attempt killed its worker.
+KILLED_AT_TIMEOUT_MARK = "%its worker was killed"
+
 
 def migrate(engine: Engine) -> None:
     """Create or upgrade the scheduler's tables to the newest revision (Alembic)."""
@@ -98,44 +117,11 @@ def utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def summarize_error(error: BaseException | str) -> str:
-    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}".rstrip(": ")
-    text = text.replace("\x00", "\\x00")  # PostgreSQL's text cannot hold NUL
-    return text if len(text) <= ERROR_SUMMARY_LIMIT else text[: ERROR_SUMMARY_LIMIT - 1] + "…"
-
-
-@dataclass
-class RunRecord:
-    """One attempt of one run, as it is stored."""
-
-    run_id: str
-    attempt: int
-    job_type: str
-    trigger: str
-    started_at: datetime
-    instance: str
-    scheduled_at: datetime | None = None
-    finished_at: datetime | None = None
-    outcome: str = Outcome.RUNNING
-    skip_reason: str | None = None
-    error: str | None = None
-    items_succeeded: int = 0
-    items_failed: int = 0
-    dead_letter: bool = False
-    id: int | None = field(default=None, compare=False)
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-    @classmethod
-    def from_row(cls, row: Any) -> RunRecord:
-        values = dict(row._mapping)
-        for key in ("scheduled_at", "started_at", "finished_at"):
-            values[key] = utc(values[key])
-        return cls(**values)
+def record_from_row(row: Any) -> RunRecord:
+    values = dict(row._mapping)
+    for key in ("scheduled_at", "started_at", "finished_at"):
+        values[key] = utc(values[key])
+    return RunRecord(**values)
 
 
 _FINAL_FIELDS = ("finished_at", "outcome", "skip_reason", "error", "items_succeeded",
@@ -345,7 +331,7 @@ class RunHistory:
         if dead_letter_only:
             query = query.where(runs.c.dead_letter.is_(True))
         with self._engine.connect() as connection:
-            return [RunRecord.from_row(row) for row in connection.execute(query)]
+            return [record_from_row(row) for row in connection.execute(query)]
 
     def summaries(self) -> dict[str, JobHistorySummary]:
         """Each job's latest finished outcome and latest success."""
@@ -374,7 +360,7 @@ class RunHistory:
         """Close every attempt left `running` by a process that is gone; return them."""
         with self._engine.begin() as connection:
             rows = connection.execute(select(runs).where(runs.c.outcome == Outcome.RUNNING))
-            records = [RunRecord.from_row(row) for row in rows]
+            records = [record_from_row(row) for row in rows]
             if records:
                 connection.execute(
                     update(runs)
@@ -382,6 +368,64 @@ class RunHistory:
                     .values(outcome=Outcome.INTERRUPTED, finished_at=now, error=reason)
                 )
         return records
+
+    def crash_streaks(self, since: dict[str, datetime]) -> dict[str, int]:
+        """Each job's attempts that ended their process since its latest other ending (and
+        since `since[job]`, when its quarantine was lifted): the quarantine's streaks."""
+        crashed = or_(
+            runs.c.outcome == Outcome.CRASHED,
+            and_(runs.c.outcome == Outcome.INTERRUPTED, runs.c.error == INTERRUPTED_BY_CRASH),
+            and_(runs.c.outcome == Outcome.TIMEOUT, runs.c.error.like(KILLED_AT_TIMEOUT_MARK)),
+        )
+        started = [str(outcome) for outcome in FINISHED]
+        clean = (
+            select(runs.c.job_type, func.max(runs.c.id).label("last"))
+            .where(runs.c.outcome.in_(started), not_(crashed))
+            .group_by(runs.c.job_type)
+            .subquery()
+        )
+        query = (
+            select(runs.c.job_type, runs.c.started_at)
+            .outerjoin(clean, clean.c.job_type == runs.c.job_type)
+            .where(crashed, or_(clean.c.last.is_(None), runs.c.id > clean.c.last))
+        )
+        streaks: dict[str, int] = {}
+        with self._engine.connect() as connection:
+            for job_type, started_at in connection.execute(query):
+                lifted = since.get(job_type)
+                if lifted is None or utc(started_at) > lifted:  # type: ignore[operator]
+                    streaks[job_type] = streaks.get(job_type, 0) + 1
+        return streaks
+
+    def quarantines(self) -> dict[str, tuple[str | None, str, datetime | None]]:
+        """job type -> (reason while quarantined else None, task file digest, lifted at)."""
+        with self._engine.connect() as connection:
+            rows = connection.execute(select(quarantines))
+            return {
+                row.job_type: (
+                    None if row.lifted_at is not None else row.reason,
+                    row.task_file_digest,
+                    utc(row.lifted_at),
+                )
+                for row in rows
+            }
+
+    def set_quarantine(self, job_type: str, reason: str, digest: str, now: datetime) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(delete(quarantines).where(quarantines.c.job_type == job_type))
+            connection.execute(
+                quarantines.insert().values(
+                    job_type=job_type, reason=reason, task_file_digest=digest, quarantined_at=now
+                )
+            )
+
+    def lift_quarantine(self, job_type: str, now: datetime) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(
+                update(quarantines)
+                .where(quarantines.c.job_type == job_type, quarantines.c.lifted_at.is_(None))
+                .values(lifted_at=now)
+            )
 
     def prune(self, before: datetime) -> int:
         """Delete rows of runs that started before `before`; return how many."""

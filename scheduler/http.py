@@ -18,10 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel
 
 from .errors import ConfigurationError, NotActiveError, UnknownJobTypeError
-from .execution import RunSummary
-from .history import RunRecord
 from .metrics import package_version
 from .presentation import run_as_json
+from .records import RunRecord, RunSummary
 from .status_page import render_status_page
 
 
@@ -36,6 +35,7 @@ class ServiceView(Protocol):
     def admin_token(self) -> str | None: ...
     def health_problems(self) -> list[str]: ...
     def jobs_overview(self) -> list[dict[str, Any]]: ...
+    def workers(self) -> list[dict[str, Any]]: ...
     def runs(self, job_type: str | None, limit: int, offset: int) -> list[RunRecord]: ...
     def recent_failures(self, limit: int = 10) -> list[RunRecord]: ...
     async def run_now(self, job_type: str) -> RunSummary | str: ...
@@ -142,6 +142,24 @@ def readyz(view: View) -> JSONResponse:
 @reads.get("/api/jobs", summary="Every job: configuration, state, next run, latest outcome")
 def jobs(view: View) -> list[dict[str, Any]]:
     return view.jobs_overview()
+
+
+class WorkerView(BaseModel):
+    """One worker process (process mode): its state, load, memory and a blocked loop."""
+
+    index: int
+    pid: int
+    state: str
+    runs: int
+    rss_bytes: int
+    blocked_job: str | None
+    blocked_seconds: float
+    blocked_where: str | None
+
+
+@reads.get("/api/workers", summary="The worker processes (empty in inline mode or on a standby)")
+def workers(view: View) -> list[WorkerView]:
+    return [WorkerView(**worker) for worker in view.workers()]
 
 
 @reads.get(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .history import JobHistorySummary
-from .outcomes import Outcome
+from .records import Outcome
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,10 @@ class JobStates:
         state.last_error = error
         if outcome == Outcome.SUCCESS:
             state.last_success_at = at
+
+    def not_started(self, job_type: str) -> None:
+        """A run counted as started whose body did not start after all (a requirement)."""
+        self.get(job_type).running -= 1
 
     def skipped(self, job_type: str, reason: str, why: str, at: datetime) -> None:
         self.get(job_type).last_skip = Skip(reason, why, at)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from platform import python_version
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -31,8 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .history import RunRecord
-from .outcomes import FINISHED, Outcome, SkipReason
+from .records import FINISHED, Outcome, RunRecord, SkipReason
 
 #: From 10 ms to 6 h: jobs run from milliseconds to hours (the client's default stops at 10 s).
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
@@ -58,6 +58,7 @@ class JobStatus:
     enabled: bool
     last_success: datetime | None
     next_run: datetime | None
+    quarantined: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,14 @@ class ServiceStatus:
 
 
 class SchedulerMetrics:
-    """The service's metrics, in a registry of their own; also the coordinator's RunObserver."""
+    """The service's metrics, in a registry of their own; also the coordinator's RunObserver
+    and the worker pool's PoolObserver."""
 
-    def __init__(self, status: Callable[[], ServiceStatus]) -> None:
+    def __init__(
+        self,
+        status: Callable[[], ServiceStatus],
+        workers: Callable[[], Sequence[Any]] = list,
+    ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` doubles the output
         self.registry = CollectorRegistry()
         r = self.registry
@@ -84,7 +90,19 @@ class SchedulerMetrics:
             "scheduler_job_skipped", "Runs that did not happen, by reason.",
             ["job_type", "reason"], registry=r,
         )  # fmt: skip
+        self.worker_exits = Counter(
+            "scheduler_worker_exits", "Worker processes that ended, by reason (died, timeout: "
+            "killed for a run past its timeout, memory: killed over the hard limit, recycled).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.loop_blocks = Counter(
+            "scheduler_job_loop_blocks", "Times a run blocked its worker's event loop past "
+            "SCHEDULER_WATCHDOG_SECONDS.", ["job_type"], registry=r,
+        )  # fmt: skip
+        for reason in ("died", "timeout", "memory", "recycled"):
+            self.worker_exits.labels(reason)
         self._by_job: dict[str, _AttemptSeries] = {}
+        r.register(_WorkerCollector(workers))
         r.register(_AttemptCollector(self._by_job))
         r.register(_StatusCollector(status))
         ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
@@ -94,6 +112,7 @@ class SchedulerMetrics:
         for job_type in job_types:
             self._series(job_type)
             self.job_retries.labels(job_type)
+            self.loop_blocks.labels(job_type)
             for reason in SkipReason:
                 self.job_skips.labels(job_type, str(reason))
 
@@ -119,8 +138,20 @@ class SchedulerMetrics:
             series.items_succeeded += record.items_succeeded
             series.items_failed += record.items_failed
 
+    def attempt_skipped(self, job_type: str, reason: SkipReason) -> None:
+        self._series(job_type).in_progress -= 1
+        self.skipped(job_type, reason)
+
     def retrying(self, job_type: str) -> None:
         self.job_retries.labels(job_type).inc()
+
+    # PoolObserver
+    def worker_exited(self, reason: str) -> None:
+        self.worker_exits.labels(str(reason)).inc()
+
+    def loop_blocked(self, job_type: str | None) -> None:
+        if job_type is not None:
+            self.loop_blocks.labels(job_type).inc()
 
     def _series(self, job_type: str) -> _AttemptSeries:
         series = self._by_job.get(job_type)
@@ -239,6 +270,38 @@ class _StatusCollector(Collector):
         yield from _job_gauges(status.jobs)
 
 
+class _WorkerCollector(Collector):
+    """The worker processes, read from the pool when Prometheus scrapes."""
+
+    def __init__(self, workers: Callable[[], Sequence[Any]]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        workers = self._workers()
+        count = GaugeMetricFamily(
+            "scheduler_workers", "Worker processes, by state.", labels=["state"]
+        )
+        memory = GaugeMetricFamily(
+            "scheduler_worker_memory_bytes", "Resident memory of each worker process.",
+            labels=["worker"],
+        )  # fmt: skip
+        blocked = GaugeMetricFamily(
+            "scheduler_worker_loop_blocked_seconds",
+            "How long each worker's event loop has been blocked by a run (0: it answers).",
+            labels=["worker"],
+        )
+        runs = GaugeMetricFamily(
+            "scheduler_worker_runs", "Attempts in progress on each worker.", labels=["worker"]
+        )
+        for state in ("starting", "ready", "retiring"):
+            count.add_metric([state], sum(1 for w in workers if w.state == state))
+        for worker in workers:
+            memory.add_metric([str(worker.index)], worker.rss_bytes)
+            blocked.add_metric([str(worker.index)], worker.blocked_seconds)
+            runs.add_metric([str(worker.index)], worker.runs)
+        yield from (count, memory, blocked, runs)
+
+
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
@@ -258,6 +321,10 @@ def _job_gauges(jobs: tuple[JobStatus, ...]) -> Iterator[Metric]:
             lambda j: j.interval_seconds,
         ),
         "scheduler_job_enabled": ("1 if the job is enabled.", lambda j: float(j.enabled)),
+        "scheduler_job_quarantined": (
+            "1 while the job is quarantined (its runs kept killing their worker).",
+            lambda j: float(j.quarantined),
+        ),
     }
     for name, (documentation, value_of) in families.items():
         family = GaugeMetricFamily(name, documentation, labels=["job_type"])

@@ -1,28 +1,44 @@
 """What the HTTP API reads from, and asks of, a running service (the `ServiceView` of http.py):
-health, job states, run history, and the operator's run now / pause / resume."""
+health, job states, workers, run history, and the operator's run now / pause / resume."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from datetime import datetime
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
 
+from .active import ActiveRole
+from .catalog import JobCatalog
 from .errors import NotActiveError, UnknownJobTypeError
-from .execution import RunCoordinator, RunSummary
-from .history import RunHistory, RunRecord
-from .outcomes import Outcome
-from .status import health_problems, jobs_overview
-
-if TYPE_CHECKING:
-    from .service import SchedulerService
+from .history import RunHistory
+from .metrics import SchedulerMetrics
+from .records import Outcome, RunRecord, RunSummary, utcnow
+from .settings import ServiceSettings
+from .status import Health, health_problems, jobs_overview
 
 log = structlog.get_logger(__name__)
 
 
+class ServiceState(Protocol):
+    """The parts of the running service the operations read (service.SchedulerService)."""
+
+    settings: ServiceSettings
+    catalog: JobCatalog
+    health: Health
+    metrics: SchedulerMetrics
+    engine: Engine
+    role: ActiveRole | None
+
+    def next_runs(self) -> dict[str, datetime | None]: ...
+
+
 class ServiceOperations:
-    def __init__(self, service: SchedulerService) -> None:
+    def __init__(self, service: ServiceState) -> None:
         self._service = service
 
     @property
@@ -43,48 +59,57 @@ class ServiceOperations:
         return health_problems(service.health, service.settings.heartbeat_seconds)
 
     def jobs_overview(self) -> list[dict[str, Any]]:
-        service = self._service
+        service, role = self._service, self._service.role
         return jobs_overview(
-            service.catalog, service.states, service.next_runs(), service.not_loaded
+            service.catalog,
+            role.states if role else None,
+            service.next_runs(),
+            role.not_loaded if role else {},
+            role.quarantine.quarantined if role else {},
         )
+
+    def workers(self) -> list[dict[str, Any]]:
+        role = self._service.role
+        statuses = role.backend.statuses() if role else []
+        return [dataclasses.asdict(status) for status in statuses]
 
     def runs(self, job_type: str | None, limit: int, offset: int) -> list[RunRecord]:
         if job_type is not None:
             self._known(job_type)
-        engine = self._service.engine
-        return RunHistory(engine).recent(job_type, limit=limit, offset=offset) if engine else []
+        return RunHistory(self._service.engine).recent(job_type, limit=limit, offset=offset)
 
     def recent_failures(self, limit: int = 10) -> list[RunRecord]:
-        engine = self._service.engine
-        if engine is None:
-            return []
-        failed = [str(Outcome.FAILURE), str(Outcome.TIMEOUT)]
-        return RunHistory(engine).recent(limit=limit, outcomes=failed)
+        failed = [str(Outcome.FAILURE), str(Outcome.TIMEOUT), str(Outcome.CRASHED)]
+        return RunHistory(self._service.engine).recent(limit=limit, outcomes=failed)
 
     async def run_now(self, job_type: str) -> RunSummary | str:
         """An operator's "run now" (see RunCoordinator.run_now)."""
         self._known(job_type)
-        coordinator = self._active_coordinator()
+        role = self._active()
         log.info("run requested by an operator", job_type=job_type)
-        return await coordinator.run_now(job_type)
+        return await role.coordinator.run_now(job_type)
 
     async def pause(self, job_type: str) -> None:
         """Stop scheduling `job_type` until resumed; the pause is stored and survives restarts."""
         await self._set_paused(job_type, paused=True)
 
     async def resume(self, job_type: str) -> None:
+        """Schedule `job_type` again: after a pause, or a quarantine."""
         await self._set_paused(job_type, paused=False)
 
     async def _set_paused(self, job_type: str, *, paused: bool) -> None:
-        coordinator = self._active_coordinator()
+        role = self._active()
         self._scheduled(job_type)
-        scheduler = self._service.scheduler
-        change = scheduler.pause_job if paused else scheduler.resume_job
+        change = role.scheduler.pause_job if paused else role.scheduler.resume_job
         await asyncio.to_thread(change, job_type)
         if paused:
-            coordinator.paused.add(job_type)
+            role.coordinator.paused.add(job_type)
         else:
-            coordinator.paused.discard(job_type)
+            role.coordinator.paused.discard(job_type)
+            if role.quarantine.lift(job_type):
+                history = RunHistory(self._service.engine)
+                await asyncio.to_thread(history.lift_quarantine, job_type, utcnow())
+                log.info("quarantine lifted by an operator", job_type=job_type)
         log.info(f"job {'paused' if paused else 'resumed'} by an operator", job_type=job_type)
 
     def _known(self, job_type: str) -> None:
@@ -98,8 +123,8 @@ class ServiceOperations:
         if job_type not in self._service.next_runs():
             raise UnknownJobTypeError(f"job {job_type!r} is not scheduled (it is disabled)")
 
-    def _active_coordinator(self) -> RunCoordinator:
-        coordinator = self._service.coordinator
-        if not self._service.health.leader or coordinator is None:
+    def _active(self) -> ActiveRole:
+        role = self._service.role
+        if not self._service.health.leader or role is None:
             raise NotActiveError("this instance is a standby; ask the active instance")
-        return coordinator
+        return role

@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .catalog import JobCatalog
-from .history import RunRecord
 from .job_config import ResolvedJob
 from .options import JobPriority
+from .records import RunRecord
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:

@@ -18,23 +18,29 @@ class JobRegistry:
     """The process-wide registry of jobs. Discovery fills it; everything else reads it."""
 
     _jobs: ClassVar[dict[str, JobMetadata]] = {}
+    _classes: ClassVar[dict[str, type[Any]]] = {}
 
     @classmethod
-    def register(cls, metadata: JobMetadata) -> JobType:
+    def register(cls, metadata: JobMetadata, task_class: type[Any] | None = None) -> JobType:
+        """Register a job; `task_class` where this process imported it (not in the scheduler
+        process, which only holds the metadata discovery handed back)."""
         existing = cls._jobs.get(metadata.job_type)
         if existing is not None and not _same_declaration(existing, metadata):
             raise DuplicateJobError(
                 f"job type {metadata.job_type!r} is registered twice: by "
-                f"{existing.task_class.__qualname__} at {existing.source} and by "
-                f"{metadata.task_class.__qualname__} at {metadata.source}; "
+                f"{existing.class_name} at {existing.source} and by "
+                f"{metadata.class_name} at {metadata.source}; "
                 "job types must be unique, rename one of them"
             )
         cls._jobs[metadata.job_type] = metadata
+        if task_class is not None:
+            cls._classes[metadata.job_type] = task_class
         return JobType._add(metadata.job_type)
 
     @classmethod
     def unregister(cls, job_type: str) -> None:
         cls._jobs.pop(job_type, None)
+        cls._classes.pop(job_type, None)
         JobType._remove(job_type)
 
     @classmethod
@@ -62,7 +68,14 @@ class JobRegistry:
 
     @classmethod
     def get_task_class(cls, job_type: str) -> type[Any]:
-        return cls.get(job_type).task_class
+        cls.get(job_type)  # an unknown job type says so
+        try:
+            return cls._classes[job_type]
+        except KeyError:
+            raise UnknownJobTypeError(
+                f"job {job_type!r} is known here only as metadata: its task file was imported "
+                "in another process (discovery runs task files in a child process)"
+            ) from None
 
     @classmethod
     def list_jobs(cls) -> list[JobMetadata]:

@@ -38,6 +38,7 @@ def _lower(value: object) -> object:
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
 ]
+ExecutionMode = Literal["process", "inline"]
 LogFormat = Annotated[Literal["json", "console"], BeforeValidator(_lower)]
 
 
@@ -63,6 +64,26 @@ class ServiceSettings(BaseSettings):
     database_url: str = DEFAULT_DATABASE_URL
     #: How many runs may execute at once across all jobs; beyond it, runs wait by priority.
     max_workers: PositiveInt = 16
+    #: Where task code runs: "process" (supervised worker processes; the scheduler process runs
+    #: no task code) or "inline" (on the scheduler's own event loop: trusted, light jobs only).
+    execution: Annotated[ExecutionMode, BeforeValidator(_lower)] = "process"
+    #: Worker processes in process mode; each runs many runs at once on its own event loop.
+    workers: PositiveInt = Field(default_factory=lambda: os.cpu_count() or 1)
+    #: A run still going this long after its timeout (it ignored its cancellation, or blocks
+    #: its worker's event loop) is killed with its worker process, and recorded `timeout`.
+    kill_grace_seconds: PositiveFloat = 5.0
+    #: A worker whose resident memory passes this is recycled once its runs have finished.
+    worker_max_memory_mb: PositiveInt = 1024
+    #: A worker whose resident memory passes this is killed at once (its runs: `crashed`).
+    #: Default: twice SCHEDULER_WORKER_MAX_MEMORY_MB.
+    worker_kill_memory_mb: PositiveInt | None = None
+    #: A worker's event loop that does not answer for this long is reported blocked (log,
+    #: metrics, /api/workers), naming the run and the line it is stuck on.
+    watchdog_seconds: PositiveFloat = 1.0
+    #: A job whose runs end their worker process this many times in a row is quarantined.
+    quarantine_after: PositiveInt = 3
+    #: How long one task file may take to import at discovery before it is given up on.
+    discovery_timeout_seconds: PositiveFloat = 10.0
     #: A run that could not start within this many seconds of its time is skipped as missed.
     misfire_grace_seconds: PositiveInt = 60
     #: Collapse several missed runs of a job into one (order-preserving jobs never coalesce).
@@ -86,6 +107,11 @@ class ServiceSettings(BaseSettings):
     #: The asyncio event loop: uvloop (faster per run) or the standard library's; "auto" is
     #: uvloop where it is installed.
     event_loop: Annotated[EventLoopChoice, BeforeValidator(_lower)] = "auto"
+
+    @property
+    def worker_kill_memory_bytes(self) -> int:
+        limit = self.worker_kill_memory_mb or 2 * self.worker_max_memory_mb
+        return max(limit, self.worker_max_memory_mb) * 1024 * 1024
 
 
 def load_settings(**overrides: Any) -> ServiceSettings:

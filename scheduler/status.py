@@ -53,14 +53,17 @@ def job_state(
     states: JobStates | None,
     next_runs: Mapping[str, datetime | None],
     not_loaded: Mapping[str, str],
+    quarantined: Mapping[str, str] | None = None,
 ) -> tuple[str, str | None]:
-    """(state, why): scheduled, paused, disabled, blocked (with why), not_loaded (with why), or
-    unscheduled (on a standby)."""
+    """(state, why): scheduled, paused, quarantined (with why), disabled, blocked (with why),
+    not_loaded (with why), or unscheduled (on a standby)."""
     job = catalog.jobs.get(job_type)
     if job is None:
         return "not_loaded", not_loaded.get(job_type, "its task file failed to import")
     if not job.config.enabled:
         return "disabled", None
+    if quarantined and job_type in quarantined:
+        return "quarantined", quarantined[job_type]
     if job_type in next_runs and next_runs[job_type] is None:
         return "paused", None
     blocked = states.get(job_type).blocked_by if states is not None else None
@@ -74,6 +77,7 @@ def jobs_overview(
     states: JobStates | None,
     next_runs: Mapping[str, datetime | None],
     not_loaded: Mapping[str, str],
+    quarantined: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Each job for /api/jobs: effective configuration, state, next run and latest outcome.
 
@@ -82,7 +86,7 @@ def jobs_overview(
     overview = []
     for job_type in [*catalog.jobs, *(j for j in not_loaded if j not in catalog.jobs)]:
         job = catalog.jobs.get(job_type)
-        state, why = job_state(job_type, catalog, states, next_runs, not_loaded)
+        state, why = job_state(job_type, catalog, states, next_runs, not_loaded, quarantined)
         js = states.get(job_type) if states is not None else None
         config = job.config.model_dump(mode="json") if job else None
         if job is not None and config is not None:
@@ -112,6 +116,7 @@ def service_status(
     catalog: JobCatalog,
     states: JobStates | None,
     next_runs: Mapping[str, datetime | None],
+    quarantined: Mapping[str, str] | None = None,
 ) -> ServiceStatus:
     jobs = tuple(
         JobStatus(
@@ -120,6 +125,7 @@ def service_status(
             enabled=job.config.enabled,
             last_success=states.get(job_type).last_success_at if states else None,
             next_run=next_runs.get(job_type),
+            quarantined=job_type in (quarantined or {}),
         )
         for job_type, job in catalog.jobs.items()
     )

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from .history import RunRecord
+from .records import RunRecord
 
 REFRESH_SECONDS = 10
 

@@ -24,7 +24,8 @@ from sqlalchemy import Engine, create_engine, text
 
 from scheduler import JobPriority
 from scheduler.database import create_database_engine
-from scheduler.history import RunHistory, RunRecord
+from scheduler.history import RunHistory
+from scheduler.records import RunRecord
 
 T = TypeVar("T")
 

@@ -157,5 +157,5 @@ def test_list_exits_1_and_reports_broken_files(tasks_dir: Path, write_task: Writ
     document = json.loads(result.stdout)
     assert [job["job_type"] for job in document["jobs"]] == ["good"]
     assert document["failures"] == [
-        {"path": str(tasks_dir / "bad.py"), "error": "ImportError: no wallet sdk"}
+        {"path": str(tasks_dir / "bad.py"), "error": "ImportError: no wallet sdk (line 1)"}
     ]

@@ -188,13 +188,14 @@ def test_class_that_is_not_a_base_task_is_rejected() -> None:
         job("not_a_task")(NotATask)  # type: ignore[type-var]
 
 
-def test_non_async_execute_impl_is_rejected() -> None:
+def test_plain_def_execute_impl_is_accepted_and_marked_synchronous() -> None:
     class SyncTask(BaseTask[RunnerResult]):
         def _execute_impl(self, context: JobContext) -> list[RunnerResult]:  # type: ignore[override]
-            return []
+            return [RunnerResult(success=True)]
 
-    with pytest.raises(JobDefinitionError, match=r"SyncTask._execute_impl must be declared 'async"):
-        job("sync_job")(SyncTask)
+    job("sync_job")(SyncTask)
+    assert JobRegistry.get("sync_job").synchronous
+    assert not JobRegistry.get("sync_job").module.startswith("scheduler.tasks")
 
 
 def test_missing_execute_impl_is_rejected() -> None:

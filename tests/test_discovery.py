@@ -47,7 +47,7 @@ def test_seed_example_pasted_verbatim_is_discovered(tasks_dir: Path) -> None:
     assert meta.defaults.interval_seconds == 120
     assert meta.defaults.max_concurrent == 2
     assert meta.requirements == ("twitter",)
-    assert meta.task_class.__module__ == "scheduler.tasks.my_awesome_job"
+    assert meta.module == "scheduler.tasks.my_awesome_job"
 
 
 async def test_seed_example_executes(tasks_dir: Path) -> None:
@@ -58,7 +58,7 @@ async def test_seed_example_executes(tasks_dir: Path) -> None:
     from scheduler import JobContext
 
     meta = JobRegistry.get("my_awesome_job")
-    results = await meta.task_class().execute(JobContext("my_awesome_job", meta.defaults, "r1"))
+    results = await JobRegistry.get_task_class("my_awesome_job")().execute(JobContext("my_awesome_job", meta.defaults, "r1"))
     assert [(r.success, r.message, r.items_processed) for r in results] == [(True, "Done!", 10)]  # type: ignore[attr-defined]
 
 
@@ -76,9 +76,10 @@ def test_broken_files_are_reported_and_the_others_still_discovered(
     errors = {failure.path.name: failure.error for failure in report.failures}
     assert errors == {
         "b_syntax.py": "SyntaxError: invalid syntax (line 1)",
-        "c_missing.py": "ModuleNotFoundError: No module named 'module_that_does_not_exist'",
-        "d_raises.py": "RuntimeError: boom at import",
-        "e_exits.py": "SystemExit: 3",
+        "c_missing.py": "ModuleNotFoundError: No module named 'module_that_does_not_exist' "
+        "(line 1)",
+        "d_raises.py": "RuntimeError: boom at import (line 1)",
+        "e_exits.py": "SystemExit: 3 (line 2)",
     }
     assert all(failure.path.is_absolute() for failure in report.failures)
     assert "boom at import" in next(f.traceback for f in report.failures if "raises" in str(f))

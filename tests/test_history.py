@@ -14,18 +14,16 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
 from scheduler.database import create_database_engine
-from scheduler.execution import new_run_id
 from scheduler.history import (
     VERSION_TABLE,
     DurableStarts,
     HistoryWriter,
     RunHistory,
-    RunRecord,
     metadata,
     migrate,
     runs,
-    summarize_error,
 )
+from scheduler.records import RunRecord, new_run_id, summarize_error
 
 
 @pytest.fixture

@@ -7,9 +7,8 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scheduler.history import RunRecord
 from scheduler.metrics import SchedulerMetrics, ServiceStatus
-from scheduler.outcomes import Outcome, SkipReason
+from scheduler.records import Outcome, RunRecord, SkipReason
 
 
 def samples(metrics: SchedulerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

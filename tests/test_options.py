@@ -9,7 +9,7 @@ import math
 import pytest
 
 from scheduler import JobPriority
-from scheduler.history import RunRecord
+from scheduler.records import RunRecord
 from tests.support import ServiceFactory, task_source, wait_until
 
 QUICK = "return [RunnerResult(success=True)]"

@@ -22,10 +22,10 @@ def test_list_jobs_returns_metadata_in_registration_order() -> None:
 
     jobs = JobRegistry.list_jobs()
     assert [meta.job_type for meta in jobs] == ["second", "first"]
-    assert jobs[0].task_class is Second
+    assert JobRegistry.get_task_class(jobs[0].job_type) is Second
     assert jobs[0].defaults.interval_seconds == 5
     assert jobs[0].description == "Second job."
-    assert jobs[1].task_class is First
+    assert JobRegistry.get_task_class(jobs[1].job_type) is First
 
 
 def test_same_job_type_on_two_classes_names_both_places() -> None:

@@ -1,4 +1,5 @@
-"""The global worker limit: at most N runs execute at once; waiting runs start by priority."""
+"""The global run limit (`SCHEDULER_MAX_WORKERS`): at most N attempts execute at once; waiting
+attempts start by priority."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 
-class PriorityWorkerPool:
+class PrioritySlots:
     """An asyncio semaphore whose waiters are served highest priority first, FIFO within one.
 
     A released slot is handed straight to the next waiter, so a newcomer can never overtake a
@@ -18,7 +19,7 @@ class PriorityWorkerPool:
 
     def __init__(self, size: int) -> None:
         if size < 1:
-            raise ValueError(f"a worker pool needs at least one worker, got {size}")
+            raise ValueError(f"the run limit needs at least one slot, got {size}")
         self.size = size
         self._free = size
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []

@@ -5,12 +5,12 @@ import asyncio
 import pytest
 
 from scheduler import JobPriority
-from scheduler.execution import MAX_RETRY_DELAY_SECONDS, retry_delay
-from scheduler.workers import PriorityWorkerPool
+from scheduler.coordinator import MAX_RETRY_DELAY_SECONDS, retry_delay
+from scheduler.slots import PrioritySlots
 
 
 async def test_waiters_start_by_priority_then_in_arrival_order() -> None:
-    pool = PriorityWorkerPool(1)
+    pool = PrioritySlots(1)
     started: list[str] = []
     release = asyncio.Event()
 
@@ -41,7 +41,7 @@ async def test_waiters_start_by_priority_then_in_arrival_order() -> None:
 
 
 async def test_limit_is_never_exceeded_and_cancelled_waiters_give_way() -> None:
-    pool = PriorityWorkerPool(2)
+    pool = PrioritySlots(2)
     running = peak = 0
 
     async def work() -> None:
@@ -63,7 +63,7 @@ async def test_limit_is_never_exceeded_and_cancelled_waiters_give_way() -> None:
 
 def test_pool_needs_a_worker() -> None:
     with pytest.raises(ValueError, match="at least one worker"):
-        PriorityWorkerPool(0)
+        PrioritySlots(0)
 
 
 def test_retry_delay_doubles_with_bounded_jitter() -> None:

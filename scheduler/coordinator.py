@@ -1,7 +1,8 @@
-"""One run of a job, end to end: gates, worker slot, timeout, retries, history and logs.
+"""One run of a job, end to end: gates, slot, attempts, retries, history and logs.
 
 Everything here runs on the service's asyncio loop. APScheduler decides *when* a job is due;
-this module decides whether and how the run happens.
+this module decides whether and how the run happens, and hands each attempt's body to an
+`ExecutionBackend` (a worker process, or this loop) to run.
 """
 
 from __future__ import annotations
@@ -9,34 +10,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from .base import JobContext, RunnerResult
-from .errors import SchedulerError
-from .history import RunRecord, summarize_error
+from .backends import ExecutionBackend
+from .base import JobContext
 from .job_config import ResolvedJob
 from .job_state import JobStates
 from .job_types import JobType
 from .logs import bind_run, unbind_run
-from .outcomes import Outcome, SkipReason, Trigger
-from .requirements import RequirementRegistry, RequirementUnavailable
-from .workers import PriorityWorkerPool
+from .quarantine import Quarantine
+from .records import (
+    BodyResult,
+    Outcome,
+    RunRecord,
+    RunSummary,
+    SkipReason,
+    Trigger,
+    new_run_id,
+    summarize_error,
+    utcnow,
+)
+from .slots import PrioritySlots
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 MAX_RETRY_DELAY_SECONDS = 3600.0
 RETRY_JITTER = 0.25
-
-
-class NonRetryableError(SchedulerError):
-    """Raise it from a task when the run failed and trying again cannot help (bad input)."""
 
 
 class HistorySink(Protocol):
@@ -53,6 +57,7 @@ class RunObserver(Protocol):
     def skipped(self, job_type: str, reason: SkipReason) -> None: ...
     def attempt_started(self, job_type: str, lag_seconds: float | None) -> None: ...
     def attempt_finished(self, record: RunRecord) -> None: ...
+    def attempt_skipped(self, job_type: str, reason: SkipReason) -> None: ...
     def retrying(self, job_type: str) -> None: ...
 
 
@@ -64,6 +69,9 @@ class NoObserver:
         pass
 
     def attempt_finished(self, record: RunRecord) -> None:
+        pass
+
+    def attempt_skipped(self, job_type: str, reason: SkipReason) -> None:
         pass
 
     def retrying(self, job_type: str) -> None:
@@ -83,48 +91,10 @@ class NoHistory:
         pass
 
 
-@dataclass(frozen=True)
-class RunSummary:
-    """How a run ended, after all its attempts."""
-
-    run_id: str
-    job_type: str
-    outcome: Outcome
-    attempts: int = 0
-    skip_reason: SkipReason | None = None
-    error: str | None = None
-    items_succeeded: int = 0
-    items_failed: int = 0
-
-
 def retry_delay(base: float, retry: int, rng: Callable[[], float] = random.random) -> float:
     """Seconds before retry number `retry` (1, 2, ...): exponential from `base`, plus jitter."""
     delay = min(base * 2.0 ** (retry - 1), MAX_RETRY_DELAY_SECONDS)
     return delay + delay * RETRY_JITTER * rng()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_run_id() -> str:
-    """A UUIDv7 (RFC 9562) in hex: the Unix time in milliseconds, then 74 random bits.
-
-    Time-ordered, so the run history's unique index on it grows at one end and a batch of
-    writes touches a page or two of it, where random ids touch a page per row (measured:
-    a third less database time per row at 150,000 rows). The random bits come from
-    `random`, not `os.urandom` as in uuid4(): that call releases the GIL, and under load getting
-    it back costs a thread switch interval per run.
-    """
-    bits = _random.getrandbits(74)
-    return f"{time.time_ns() // 1_000_000:012x}7{bits >> 62:03x}{_VARIANT | bits & _LOW_62:016x}"
-
-
-_VARIANT = 0b10 << 62
-_LOW_62 = (1 << 62) - 1
-
-
-_random = random.Random()
 
 
 class RunCoordinator:
@@ -136,8 +106,10 @@ class RunCoordinator:
         *,
         history: HistorySink,
         states: JobStates,
-        workers: PriorityWorkerPool,
+        slots: PrioritySlots,
+        backend: ExecutionBackend,
         instance: str,
+        quarantine: Quarantine | None = None,
         not_loaded: Mapping[str, str] | None = None,
         check_dependencies: bool = True,
         observer: RunObserver | None = None,
@@ -145,7 +117,9 @@ class RunCoordinator:
         self._jobs = jobs
         self._history = history
         self._states = states
-        self._workers = workers
+        self._slots = slots
+        self._backend = backend
+        self._quarantine = quarantine or Quarantine()
         self._instance = instance
         self._not_loaded = dict(not_loaded or {})  # task file name -> why it failed to import
         self._check_dependencies = check_dependencies
@@ -333,45 +307,43 @@ class RunCoordinator:
     async def _gated(
         self, job: ResolvedJob, run_id: str, scheduled_time: datetime | None, trigger: Trigger
     ) -> RunSummary:
-        meta = job.metadata
-        try:
-            resources = await RequirementRegistry.acquire(meta.requirements)
-        except RequirementUnavailable as error:
+        job_type = job.job_type
+        quarantined = self._quarantine.reason(job_type)
+        if quarantined is not None:
             return self.skip(
-                job.job_type, SkipReason.REQUIREMENT, str(error), scheduled_time, run_id, trigger
+                job_type, SkipReason.QUARANTINED, quarantined, scheduled_time, run_id, trigger
             )
         if self._check_dependencies:
-            blocker = self._states.dependency_blocker(meta.dependencies)
+            blocker = self._states.dependency_blocker(job.metadata.dependencies)
             if blocker is not None:
                 return self.skip(
-                    job.job_type, SkipReason.DEPENDENCY, blocker, scheduled_time, run_id, trigger
+                    job_type, SkipReason.DEPENDENCY, blocker, scheduled_time, run_id, trigger
                 )
-        self._states.started(job.job_type)
+        self._states.started(job_type)
         outcome = Outcome.INTERRUPTED
         last_error: str | None = "cancelled: the scheduler was shutting down"
         try:
-            summary = await self._attempts(job, run_id, scheduled_time, trigger, resources)
+            summary = await self._attempts(job, run_id, scheduled_time, trigger)
             outcome, last_error = summary.outcome, summary.error
             return summary
         finally:
-            self._states.finished(job.job_type, outcome, utcnow(), last_error)
+            if outcome == Outcome.SKIPPED:
+                self._states.not_started(job_type)
+            else:
+                self._states.finished(job_type, outcome, utcnow(), last_error)
 
     async def _attempts(
-        self,
-        job: ResolvedJob,
-        run_id: str,
-        scheduled_time: datetime | None,
-        trigger: Trigger,
-        resources: Mapping[str, object],
+        self, job: ResolvedJob, run_id: str, scheduled_time: datetime | None, trigger: Trigger
     ) -> RunSummary:
         config = job.config
         attempt = 0
         while True:
             attempt += 1
-            context = JobContext(
-                JobType(job.job_type), config, run_id, attempt, scheduled_time, resources
-            )
+            context = JobContext(JobType(job.job_type), config, run_id, attempt, scheduled_time)
             record, retryable = await self._attempt(job, context, trigger)
+            if record.outcome == Outcome.SKIPPED:  # a requirement, checked where the body runs
+                reason = SkipReason(str(record.skip_reason))
+                return self._skipped_attempt(record, reason)
             final = record.outcome == Outcome.SUCCESS or not retryable
             final = final or attempt > config.max_retries
             record.dead_letter = final and record.outcome != Outcome.SUCCESS
@@ -393,23 +365,31 @@ class RunCoordinator:
             log.info("run will be retried", attempt=attempt, retry_in_seconds=round(delay, 3))
             await asyncio.sleep(delay)
 
+    def _skipped_attempt(self, record: RunRecord, reason: SkipReason) -> RunSummary:
+        """An attempt whose body did not start after all: its `running` row becomes the skip."""
+        why = record.error or str(reason)
+        self._history.finished(record)
+        self._states.skipped(record.job_type, reason, why, record.started_at)
+        self._observer.skipped(record.job_type, reason)
+        log.warning("run skipped", reason=reason, why=why)
+        return RunSummary(record.run_id, record.job_type, Outcome.SKIPPED, 0, reason, why)
+
     async def _attempt(
         self, job: ResolvedJob, context: JobContext, trigger: Trigger
     ) -> tuple[RunRecord, bool]:
-        """One attempt inside a worker slot; returns its record and whether a retry may follow."""
+        """One attempt inside a slot; returns its record and whether a retry may follow."""
         config = job.config
-        await self._workers.acquire(config.priority)
+        await self._slots.acquire(config.priority)
         token = bind_run(job.job_type, context.run_id, context.attempt)
         try:
             return await self._attempt_in_slot(job, context, trigger)
         finally:
             unbind_run(token)
-            self._workers.release()
+            self._slots.release()
 
     async def _attempt_in_slot(
         self, job: ResolvedJob, context: JobContext, trigger: Trigger
     ) -> tuple[RunRecord, bool]:
-        config = job.config
         record = RunRecord(
             run_id=context.run_id,
             attempt=context.attempt,
@@ -426,15 +406,8 @@ class RunCoordinator:
         lag = _lag_seconds(record)
         log.info("run started", trigger=trigger, lag_seconds=lag)
         self._observer.attempt_started(job.job_type, lag)
-        retryable = True
         try:
-            async with asyncio.timeout(config.timeout_seconds):
-                results = await job.metadata.task_class().execute(context)
-            _count_items(record, results)
-        except TimeoutError:
-            record.outcome = Outcome.TIMEOUT
-            record.error = f"timed out after {config.timeout_seconds:g}s"
-            retryable = config.idempotent  # it may have done part of its work
+            result = await self._backend.execute(job, context)
         except asyncio.CancelledError:
             record.outcome = Outcome.INTERRUPTED
             record.error = "cancelled: the scheduler was shutting down"
@@ -443,39 +416,28 @@ class RunCoordinator:
             self._history.finished(record)
             _log_end(record)
             raise
-        except NonRetryableError as error:
-            record.outcome, record.error = Outcome.FAILURE, summarize_error(error)
-            retryable = False
-        except Exception as error:
-            record.outcome, record.error = Outcome.FAILURE, summarize_error(error)
-            log.error("run raised", exc_info=error)
         record.finished_at = utcnow()
+        record.outcome, record.error = result.outcome, result.error
+        if result.outcome == Outcome.SKIPPED:
+            record.skip_reason = result.skip_reason
+            self._observer.attempt_skipped(job.job_type, SkipReason(str(result.skip_reason)))
+            return record, False
+        record.items_succeeded, record.items_failed = result.items_succeeded, result.items_failed
         self._observer.attempt_finished(record)
-        return record, retryable and record.outcome != Outcome.SUCCESS
+        self._quarantine.attempt_ended(job.job_type, result)
+        return record, _retryable(result, job.config.idempotent)
+
+
+def _retryable(result: BodyResult, idempotent: bool) -> bool:
+    if result.outcome == Outcome.SUCCESS or not result.retryable:
+        return False
+    # A timed-out or crashed attempt may have done part of its work.
+    return idempotent or result.outcome not in (Outcome.TIMEOUT, Outcome.CRASHED)
 
 
 async def _holding(lock: asyncio.Lock, coroutine: Awaitable[T]) -> T:
     async with lock:
         return await coroutine
-
-
-def _count_items(record: RunRecord, results: object) -> None:
-    """Mark the attempt succeeded and count its result items, or failed if it returned junk."""
-    items = [] if results is None else results
-    if not isinstance(items, list | tuple) or not all(
-        isinstance(item, RunnerResult) for item in items
-    ):
-        record.outcome = Outcome.FAILURE
-        record.error = (
-            f"_execute_impl returned {type(results).__name__}, not a list of RunnerResult"
-        )
-        return
-    record.outcome = Outcome.SUCCESS
-    record.items_succeeded = sum(1 for item in items if item.success)
-    record.items_failed = len(items) - record.items_succeeded
-    for item in items:
-        if not item.success:
-            log.warning("item failed", message=item.message, item=type(item).__name__)
 
 
 def _lag_seconds(record: RunRecord) -> float | None:

@@ -1,0 +1,274 @@
+"""The active role: what an instance holds while it leads, built whole when leadership is won.
+
+`ActiveRole.take` closes out runs a dead process left `running`, seeds job states and crash
+streaks from the run history, starts the execution backend (worker processes by default),
+reconciles the job store with the catalog and lets APScheduler run. Nothing here is ever
+half-built: a standby simply has no `ActiveRole`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine
+
+from .backends import ExecutionBackend, InlineBackend
+from .catalog import JobCatalog
+from .coordinator import RunCoordinator, RunObserver
+from .handoff import LoopExecutor
+from .history import INTERRUPTED_BY_CRASH, DurableStarts, HistoryWriter, RunHistory
+from .job_state import JobStates
+from .jobstore import GroupedSQLAlchemyJobStore
+from .quarantine import Quarantine
+from .reconcile import desired_job, reconcile
+from .records import RunRecord, SkipReason, Trigger, utcnow
+from .settings import ServiceSettings
+from .slots import PrioritySlots
+from .worker_pool import PoolObserver, PoolOptions, ProcessBackend
+
+log = structlog.get_logger(__name__)
+
+#: The cyclic collector's thresholds once the service runs (Python's default: 700, 10, 10).
+#: Every run allocates a few dozen objects (its task, coroutines, record, futures), so at
+#: thousands of runs a second the default collects the young generation hundreds of times a
+#: second, walking every run in flight, and the whole heap several times a second: 16 % of
+#: the GIL's time at 4,600 no-op jobs a second (py-spy --native). With these, lag p99 at 4,800
+#: jobs a second went from 119-419 ms to 37-68 ms, two runs each (bench.dispatch's service run).
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+class Observer(RunObserver, PoolObserver, Protocol):
+    """What the metrics implement: runs and workers."""
+
+
+class ActiveRole:
+    def __init__(
+        self,
+        *,
+        scheduler: Any,
+        store: GroupedSQLAlchemyJobStore,
+        coordinator: RunCoordinator,
+        states: JobStates,
+        backend: ExecutionBackend,
+        quarantine: Quarantine,
+        not_loaded: dict[str, str],
+    ) -> None:
+        self.scheduler = scheduler
+        self.store = store
+        self.coordinator = coordinator
+        self.states = states
+        self.backend = backend
+        self.quarantine = quarantine
+        #: Stored jobs whose task file failed to import, with why.
+        self.not_loaded = not_loaded
+
+    @classmethod
+    async def take(
+        cls,
+        settings: ServiceSettings,
+        catalog: JobCatalog,
+        engine: Engine,
+        writer: HistoryWriter,
+        observer: Observer,
+        instance: str,
+    ) -> ActiveRole:
+        loop = asyncio.get_running_loop()
+        history = RunHistory(engine)
+        interrupted = await asyncio.to_thread(
+            history.mark_interrupted, utcnow(), INTERRUPTED_BY_CRASH
+        )
+        summaries = await asyncio.to_thread(history.summaries)
+        states = JobStates(summaries)
+        quarantine = await _quarantine(settings, catalog, history, loop)
+        backend = _backend(settings, catalog, observer)
+        await backend.start()
+        coordinator = RunCoordinator(
+            catalog.jobs,
+            history=DurableStarts(writer, loop),
+            states=states,
+            slots=PrioritySlots(settings.max_workers),
+            backend=backend,
+            instance=instance,
+            not_loaded={f.path.name: f.error for f in catalog.failures},
+            observer=observer,
+            quarantine=quarantine,
+        )
+        store = GroupedSQLAlchemyJobStore(engine)
+        scheduler = _scheduler(store, coordinator, loop)
+        await asyncio.to_thread(scheduler.start, paused=True)
+        not_loaded = await asyncio.to_thread(_reconcile, scheduler, settings, catalog)
+        for job_type in quarantine.quarantined:
+            if job_type in store.next_run_times:
+                await asyncio.to_thread(scheduler.pause_job, job_type)
+
+        def unschedule(job_type: str, _why: str) -> None:
+            if job_type in store.next_run_times:
+                loop.run_in_executor(None, scheduler.pause_job, job_type)
+
+        quarantine.add_listener(unschedule)
+        paused = (job for job, next_run in store.next_run_times.items() if next_run is None)
+        coordinator.paused.update(paused)
+        # Everything built so far (the catalog, thousands of stored jobs, the libraries) lives
+        # as long as the process: out of the cyclic collector's sight, a full collection no
+        # longer walks it and stalls the loop for as long. See GC_THRESHOLDS too.
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+        scheduler.resume()
+        role = cls(
+            scheduler=scheduler,
+            store=store,
+            coordinator=coordinator,
+            states=states,
+            backend=backend,
+            quarantine=quarantine,
+            not_loaded=not_loaded,
+        )
+        role.rerun_interrupted(interrupted, catalog)
+        return role
+
+    def rerun_interrupted(self, interrupted: list[RunRecord], catalog: JobCatalog) -> None:
+        """Close out runs a dead process left behind; run the idempotent ones again."""
+        seen: set[str] = set()
+        for record in interrupted:
+            job = catalog.jobs.get(record.job_type)
+            rerun = job is not None and job.config.idempotent and record.run_id not in seen
+            rerun = rerun and self.quarantine.reason(record.job_type) is None
+            log.warning(
+                "run was interrupted by a stopped process",
+                job_type=record.job_type,
+                run_id=record.run_id,
+                attempt=record.attempt,
+                rerun=rerun,
+            )
+            if rerun:
+                seen.add(record.run_id)
+                self.coordinator.spawn(
+                    record.job_type, scheduled_time=record.scheduled_at, trigger=Trigger.RECOVERY
+                )
+
+    def next_runs(self) -> dict[str, datetime | None]:
+        return dict(self.store.next_run_times)
+
+
+def _backend(
+    settings: ServiceSettings, catalog: JobCatalog, observer: Observer
+) -> ExecutionBackend:
+    if settings.execution == "inline":
+        return InlineBackend(settings.kill_grace_seconds)
+    failed = {failure.path.name for failure in catalog.failures}
+    files = tuple(sorted({p.name for p in catalog.discovery.job_files.values()} - failed))
+    options = PoolOptions(
+        workers=settings.workers,
+        tasks_dir=catalog.discovery.tasks_dir,
+        task_files=files,
+        kill_grace_seconds=settings.kill_grace_seconds,
+        max_memory_bytes=settings.worker_max_memory_mb * 1024 * 1024,
+        kill_memory_bytes=settings.worker_kill_memory_bytes,
+        watchdog_seconds=settings.watchdog_seconds,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+        event_loop=settings.event_loop,
+    )
+    return ProcessBackend(options, catalog.jobs, observer)
+
+
+def task_file_digest(catalog: JobCatalog, job_type: str) -> str:
+    path = catalog.source_file(job_type)
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path else ""
+    except OSError:
+        return ""
+
+
+async def _quarantine(
+    settings: ServiceSettings,
+    catalog: JobCatalog,
+    history: RunHistory,
+    loop: asyncio.AbstractEventLoop,
+) -> Quarantine:
+    """Quarantines as stored (lifted where the task file changed), streaks from the history."""
+    stored = await asyncio.to_thread(history.quarantines)
+    quarantined: dict[str, str] = {}
+    lifted: dict[str, datetime] = {}
+    now = utcnow()
+    for job_type, (reason, digest, lifted_at) in stored.items():
+        if reason is not None and digest != task_file_digest(catalog, job_type):
+            log.info("quarantine lifted: the task file changed", job_type=job_type)
+            await asyncio.to_thread(history.lift_quarantine, job_type, now)
+            lifted[job_type] = now
+        elif reason is not None:
+            quarantined[job_type] = reason
+        elif lifted_at is not None:
+            lifted[job_type] = lifted_at
+    streaks = await asyncio.to_thread(history.crash_streaks, lifted)
+
+    def persist(job_type: str, why: str) -> None:
+        digest = task_file_digest(catalog, job_type)
+        loop.run_in_executor(None, history.set_quarantine, job_type, why, digest, utcnow())
+
+    quarantine = Quarantine(settings.quarantine_after, streaks=streaks, quarantined=quarantined)
+    quarantine.add_listener(persist)
+    for job_type, streak in streaks.items():  # e.g. runs cut off by a scheduler killed thrice
+        if streak >= quarantine.after and job_type not in quarantined:
+            why = f"its last {streak} attempts ended the process running them"
+            quarantine.quarantined_now(job_type, why)
+    return quarantine
+
+
+def _scheduler(
+    store: GroupedSQLAlchemyJobStore, coordinator: RunCoordinator, loop: asyncio.AbstractEventLoop
+) -> Any:
+    scheduler = BackgroundScheduler(
+        jobstores={"default": store},
+        executors={"default": LoopExecutor(loop, coordinator)},
+        timezone=UTC,
+        jobstore_retry_interval=1,
+    )
+
+    def on_max_instances(event: Any) -> None:
+        for run_time in event.scheduled_run_times:
+            coordinator.skip(
+                event.job_id,
+                SkipReason.MAX_INSTANCES,
+                "the job's previous runs are still going (max_concurrent reached)",
+                run_time,
+            )
+
+    scheduler.add_listener(on_max_instances, EVENT_JOB_MAX_INSTANCES)
+    return scheduler
+
+
+def _reconcile(scheduler: Any, settings: ServiceSettings, catalog: JobCatalog) -> dict[str, str]:
+    """Reconcile the job store with the catalog; the stored jobs kept though not loaded."""
+    desired, disabled = {}, []
+    for job_type, job in catalog.jobs.items():
+        if not job.config.enabled:
+            disabled.append(job_type)
+            continue
+        source = catalog.source_file(job_type)
+        desired[job_type] = desired_job(
+            job,
+            source.name if source else "",
+            coalesce=settings.coalesce,
+            misfire_grace_seconds=settings.misfire_grace_seconds,
+        )
+    failed_files = {f.path.name: f.error for f in catalog.failures}
+    report = reconcile(
+        scheduler,
+        desired,
+        disabled=disabled,
+        failed_files=failed_files,
+        tasks_dir=catalog.discovery.tasks_dir,
+        first_run_spread_seconds=settings.first_run_spread_seconds,
+    )
+    return {
+        job_type: f"its task file {task_file} failed to import: {failed_files[task_file]}"
+        for job_type, task_file in report.kept_not_loaded.items()
+    }

@@ -1,0 +1,62 @@
+"""Where a run's body executes: the one interface the run coordinator hands attempts to.
+
+`InlineBackend` calls the body on the service's own event loop (trusted, very light jobs;
+the benchmarks). `worker_pool.ProcessBackend` sends it to a supervised worker process (the
+default). Both return a `BodyResult`; the coordinator keeps the gates, the slots, the retries
+and the history, whichever runs the body.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .base import JobContext
+from .invoke import acquire_requirements, invoke
+from .job_config import ResolvedJob
+from .records import BodyResult, WorkerStatus
+from .registry import JobRegistry
+
+
+class ExecutionBackend(Protocol):
+    async def start(self) -> None:
+        """Be ready to execute (start worker processes, ...)."""
+
+    async def execute(self, job: ResolvedJob, context: JobContext) -> BodyResult:
+        """Run one attempt's body: its requirements, then the body within its timeout."""
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Let bodies in progress end for up to `grace_seconds`, then end them."""
+
+    def statuses(self) -> list[WorkerStatus]:
+        """The worker processes, for the API and the metrics (none inline)."""
+
+
+class InlineBackend:
+    """Bodies run as tasks on this process's loop, from this process's registry."""
+
+    def __init__(self, kill_grace_seconds: float) -> None:
+        self._kill_grace_seconds = kill_grace_seconds
+
+    async def start(self) -> None:
+        pass
+
+    async def execute(self, job: ResolvedJob, context: JobContext) -> BodyResult:
+        meta = job.metadata
+        resources = await acquire_requirements(meta.requirements)
+        if isinstance(resources, BodyResult):
+            return resources
+        if resources:
+            context = context.with_resources(resources)
+        return await invoke(
+            JobRegistry.get_task_class(job.job_type),
+            context,
+            job.config.timeout_seconds,
+            abandon_after_seconds=self._kill_grace_seconds,
+            synchronous=meta.synchronous,
+        )
+
+    async def stop(self, grace_seconds: float) -> None:
+        pass
+
+    def statuses(self) -> list[WorkerStatus]:
+        return []

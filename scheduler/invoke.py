@@ -1,0 +1,118 @@
+"""One call of a task's body: its requirements, its timeout, what it raised, what it returned.
+
+Runs wherever the body runs: in a worker process (the default) or on the service's own loop
+(`SCHEDULER_EXECUTION=inline`). Whatever the body raises, `SystemExit` and
+`KeyboardInterrupt` included, ends this attempt only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from .base import JobContext, RunnerResult
+from .errors import NonRetryableError
+from .records import BodyResult, Outcome, SkipReason, summarize_error
+from .requirements import RequirementRegistry, RequirementUnavailable
+
+log = structlog.get_logger(__name__)
+
+
+async def acquire_requirements(names: Sequence[str]) -> dict[str, object] | BodyResult:
+    """The requirements' resources, or the skip that says which one is unavailable."""
+    if not names:
+        return {}
+    try:
+        return await RequirementRegistry.acquire(names)
+    except RequirementUnavailable as error:
+        return BodyResult(Outcome.SKIPPED, str(error), skip_reason=SkipReason.REQUIREMENT)
+
+
+async def invoke(
+    task_class: type[Any],
+    context: JobContext,
+    timeout_seconds: float,
+    *,
+    abandon_after_seconds: float | None = None,
+    synchronous: bool = False,
+) -> BodyResult:
+    """Call the body once within `timeout_seconds`.
+
+    A body that swallows its cancellation is waited for `abandon_after_seconds` more, then
+    abandoned (inline mode: nothing can stop it; a worker instead leaves it to its supervisor,
+    which kills the process). The outcome is `timeout` either way. A plain `def` body cannot be
+    cancelled at all: it is recorded `timeout` at once and left to finish in its thread.
+    """
+    body = asyncio.ensure_future(_contained(task_class, context))
+    try:
+        done, _ = await asyncio.wait({body}, timeout=timeout_seconds)
+        if not done:
+            body.cancel()
+            if not synchronous:
+                await asyncio.wait({body}, timeout=abandon_after_seconds)
+            return _timed_out(body, timeout_seconds, synchronous)
+        return _result_of(body)
+    except asyncio.CancelledError:
+        body.cancel()
+        raise
+
+
+class _TaskExited(Exception):
+    """`SystemExit` or `KeyboardInterrupt` raised by task code, carried as a plain error: an
+    asyncio task re-raises those two out of the event loop itself."""
+
+
+async def _contained(task_class: type[Any], context: JobContext) -> Any:
+    try:
+        return await task_class().execute(context)
+    except (SystemExit, KeyboardInterrupt) as error:
+        raise _TaskExited(f"{summarize_error(error)} (raised by the task)") from None
+
+
+def _timed_out(body: asyncio.Future[Any], timeout_seconds: float, synchronous: bool) -> BodyResult:
+    why = f"timed out after {timeout_seconds:g}s"
+    if synchronous:
+        why += " (a plain-def body cannot be cancelled; its thread was abandoned)"
+    elif not body.done():
+        why += " and ignored its cancellation"
+        body.add_done_callback(_discard_outcome)
+    else:
+        _discard_outcome(body)
+    return BodyResult(Outcome.TIMEOUT, why)
+
+
+def _discard_outcome(body: asyncio.Future[Any]) -> None:
+    if not body.cancelled():
+        body.exception()  # retrieved: no "exception was never retrieved" at exit
+
+
+def _result_of(body: asyncio.Future[Any]) -> BodyResult:
+    if body.cancelled():  # the body cancelled itself
+        return BodyResult(Outcome.FAILURE, "the task cancelled itself")
+    error = body.exception()
+    if error is None:
+        return counted(body.result())
+    if isinstance(error, NonRetryableError):
+        return BodyResult(Outcome.FAILURE, summarize_error(error), retryable=False)
+    if isinstance(error, _TaskExited):  # ends this attempt only, never the process
+        return BodyResult(Outcome.FAILURE, str(error))
+    log.error("run raised", exc_info=error)
+    return BodyResult(Outcome.FAILURE, summarize_error(error))
+
+
+def counted(results: object) -> BodyResult:
+    """Success with the result items counted, or a failure if the body returned junk."""
+    items = [] if results is None else results
+    if not isinstance(items, list | tuple) or not all(
+        isinstance(item, RunnerResult) for item in items
+    ):
+        why = f"_execute_impl returned {type(results).__name__}, not a list of RunnerResult"
+        return BodyResult(Outcome.FAILURE, why)
+    succeeded = sum(1 for item in items if item.success)
+    for item in items:
+        if not item.success:
+            log.warning("item failed", message=item.message, item=type(item).__name__)
+    return BodyResult(Outcome.SUCCESS, None, succeeded, len(items) - succeeded)
