@@ -86,7 +86,7 @@ class ActiveRole:
         )
         summaries = await asyncio.to_thread(history.summaries)
         states = JobStates(summaries)
-        quarantine = await _quarantine(settings, catalog, history, loop)
+        quarantine, unquarantined = await _quarantine(settings, catalog, history, loop)
         backend = _backend(settings, catalog, observer)
         await backend.start()
         coordinator = RunCoordinator(
@@ -107,6 +107,9 @@ class ActiveRole:
         for job_type in quarantine.quarantined:
             if job_type in store.next_run_times:
                 await asyncio.to_thread(scheduler.pause_job, job_type)
+        for job_type in unquarantined:  # its quarantine had paused it in the store
+            if job_type in store.next_run_times:
+                await asyncio.to_thread(scheduler.resume_job, job_type)
 
         def unschedule(job_type: str, _why: str) -> None:
             if job_type in store.next_run_times:
@@ -192,17 +195,20 @@ async def _quarantine(
     catalog: JobCatalog,
     history: RunHistory,
     loop: asyncio.AbstractEventLoop,
-) -> Quarantine:
-    """Quarantines as stored (lifted where the task file changed), streaks from the history."""
+) -> tuple[Quarantine, list[str]]:
+    """Quarantines as stored, streaks from the history; and the job types whose quarantine
+    was lifted now because their task file changed."""
     stored = await asyncio.to_thread(history.quarantines)
     quarantined: dict[str, str] = {}
     lifted: dict[str, datetime] = {}
+    changed: list[str] = []
     now = utcnow()
     for job_type, (reason, digest, lifted_at) in stored.items():
         if reason is not None and digest != task_file_digest(catalog, job_type):
             log.info("quarantine lifted: the task file changed", job_type=job_type)
             await asyncio.to_thread(history.lift_quarantine, job_type, now)
             lifted[job_type] = now
+            changed.append(job_type)
         elif reason is not None:
             quarantined[job_type] = reason
         elif lifted_at is not None:
@@ -219,7 +225,7 @@ async def _quarantine(
         if streak >= quarantine.after and job_type not in quarantined:
             why = f"its last {streak} attempts ended the process running them"
             quarantine.quarantined_now(job_type, why)
-    return quarantine
+    return quarantine, changed
 
 
 def _scheduler(

@@ -128,7 +128,7 @@ class RunCoordinator:
             job_type: asyncio.Lock() for job_type, job in jobs.items() if job.config.preserve_order
         }
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._start_events: dict[str, asyncio.Event] = {}
+        self._stopping = asyncio.Event()
         #: Job types an operator paused: runs already handed over are skipped as `paused`.
         self.paused: set[str] = set()
 
@@ -188,20 +188,14 @@ class RunCoordinator:
 
     async def run_now(self, job_type: str, wait_seconds: float = 5.0) -> RunSummary | str:
         """An operator's "run now": the run's summary if it ended (or was skipped) within
-        `wait_seconds`, else its run id once its first attempt has started."""
+        `wait_seconds`, else its run id (it goes on in the background)."""
         job = self._jobs.get(job_type)
         if job is not None and self._states.get(job_type).running >= job.config.max_concurrent:
             why = f"{job.config.max_concurrent} run(s) already in progress (max_concurrent)"
             return self.skip(job_type, SkipReason.MAX_INSTANCES, why, trigger=Trigger.MANUAL)
         run_id = new_run_id()
-        started = self._start_events[run_id] = asyncio.Event()
         run = self.spawn(job_type, trigger=Trigger.MANUAL, run_id=run_id)
-        waiter = asyncio.create_task(started.wait())
-        try:
-            await asyncio.wait({run, waiter}, timeout=wait_seconds, return_when="FIRST_COMPLETED")
-        finally:
-            waiter.cancel()
-            self._start_events.pop(run_id, None)
+        await asyncio.wait({run}, timeout=wait_seconds)
         return run.result() if run.done() else run_id
 
     def _in_order(self, job_type: str) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -276,7 +270,9 @@ class RunCoordinator:
 
     async def drain(self, grace_seconds: float) -> int:
         """Let running runs finish for up to `grace_seconds`, then cancel the rest (recorded as
-        interrupted). Returns how many had to be cancelled."""
+        interrupted). Runs waiting to retry end at once: their last attempt is recorded, and
+        a retry would outlive the process. Returns how many had to be cancelled."""
+        self._stopping.set()
         pending = {task for task in self._tasks if not task.done()}
         if pending:
             _, pending = await asyncio.wait(pending, timeout=grace_seconds)
@@ -340,7 +336,7 @@ class RunCoordinator:
         while True:
             attempt += 1
             context = JobContext(JobType(job.job_type), config, run_id, attempt, scheduled_time)
-            record, retryable = await self._attempt(job, context, trigger)
+            record, retryable, at_once = await self._attempt(job, context, trigger)
             if record.outcome == Outcome.SKIPPED:  # a requirement, checked where the body runs
                 reason = SkipReason(str(record.skip_reason))
                 return self._skipped_attempt(record, reason)
@@ -360,10 +356,21 @@ class RunCoordinator:
                     record.items_succeeded,
                     record.items_failed,
                 )
-            delay = retry_delay(config.retry_delay_seconds, attempt)
+            # A run whose worker died under another run's fault is re-run without a backoff.
+            delay = 0.0 if at_once else retry_delay(config.retry_delay_seconds, attempt)
             self._observer.retrying(job.job_type)
             log.info("run will be retried", attempt=attempt, retry_in_seconds=round(delay, 3))
-            await asyncio.sleep(delay)
+            if await self._stopped_within(delay):
+                log.warning("retry dropped: the scheduler is stopping", attempt=attempt)
+                return RunSummary(
+                    run_id, job.job_type, Outcome(record.outcome), attempt, None, record.error
+                )
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Sleep `seconds` (a retry's delay) unless the coordinator is drained first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
 
     def _skipped_attempt(self, record: RunRecord, reason: SkipReason) -> RunSummary:
         """An attempt whose body did not start after all: its `running` row becomes the skip."""
@@ -376,8 +383,9 @@ class RunCoordinator:
 
     async def _attempt(
         self, job: ResolvedJob, context: JobContext, trigger: Trigger
-    ) -> tuple[RunRecord, bool]:
-        """One attempt inside a slot; returns its record and whether a retry may follow."""
+    ) -> tuple[RunRecord, bool, bool]:
+        """One attempt inside a slot: its record, whether a retry may follow, and whether at
+        once (see `_attempt_in_slot`)."""
         config = job.config
         await self._slots.acquire(config.priority)
         token = bind_run(job.job_type, context.run_id, context.attempt)
@@ -389,7 +397,7 @@ class RunCoordinator:
 
     async def _attempt_in_slot(
         self, job: ResolvedJob, context: JobContext, trigger: Trigger
-    ) -> tuple[RunRecord, bool]:
+    ) -> tuple[RunRecord, bool, bool]:
         record = RunRecord(
             run_id=context.run_id,
             attempt=context.attempt,
@@ -401,8 +409,6 @@ class RunCoordinator:
         )
         await self._history.started(record)  # no work without a trace of it
         record.started_at = utcnow()  # the body starts now: lag and duration count from here
-        if (started := self._start_events.get(context.run_id)) is not None:
-            started.set()
         lag = _lag_seconds(record)
         log.info("run started", trigger=trigger, lag_seconds=lag)
         self._observer.attempt_started(job.job_type, lag)
@@ -421,11 +427,12 @@ class RunCoordinator:
         if result.outcome == Outcome.SKIPPED:
             record.skip_reason = result.skip_reason
             self._observer.attempt_skipped(job.job_type, SkipReason(str(result.skip_reason)))
-            return record, False
+            return record, False, False
         record.items_succeeded, record.items_failed = result.items_succeeded, result.items_failed
         self._observer.attempt_finished(record)
         self._quarantine.attempt_ended(job.job_type, result)
-        return record, _retryable(result, job.config.idempotent)
+        bystander = result.outcome == Outcome.CRASHED and not result.killed_worker
+        return record, _retryable(result, job.config.idempotent), bystander
 
 
 def _retryable(result: BodyResult, idempotent: bool) -> bool:

@@ -8,7 +8,7 @@ Runs wherever the body runs: in a worker process (the default) or on the service
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -38,6 +38,7 @@ async def invoke(
     *,
     abandon_after_seconds: float | None = None,
     synchronous: bool = False,
+    wrap: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None,
 ) -> BodyResult:
     """Call the body once within `timeout_seconds`.
 
@@ -45,8 +46,9 @@ async def invoke(
     abandoned (inline mode: nothing can stop it; a worker instead leaves it to its supervisor,
     which kills the process). The outcome is `timeout` either way. A plain `def` body cannot be
     cancelled at all: it is recorded `timeout` at once and left to finish in its thread.
+    `wrap` drives the body's coroutine (the worker's board marks each of its steps).
     """
-    body = asyncio.ensure_future(_contained(task_class, context))
+    body = asyncio.ensure_future(_contained(task_class, context, wrap))
     try:
         done, _ = await asyncio.wait({body}, timeout=timeout_seconds)
         if not done:
@@ -65,9 +67,14 @@ class _TaskExited(Exception):
     asyncio task re-raises those two out of the event loop itself."""
 
 
-async def _contained(task_class: type[Any], context: JobContext) -> Any:
+async def _contained(
+    task_class: type[Any],
+    context: JobContext,
+    wrap: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None,
+) -> Any:
     try:
-        return await task_class().execute(context)
+        execution = task_class().execute(context)
+        return await (execution if wrap is None else wrap(execution))
     except (SystemExit, KeyboardInterrupt) as error:
         raise _TaskExited(f"{summarize_error(error)} (raised by the task)") from None
 

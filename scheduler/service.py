@@ -12,6 +12,7 @@ logged and ignored (it would otherwise end the process without a drain).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -85,9 +86,10 @@ class SchedulerService:
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (or `request_stop`), then stop gracefully."""
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        # Plain handlers, not the loop's: they run even while task code blocks the loop (inline
+        # mode), so the stop deadline always starts; the loop is told thread-safely.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, functools.partial(self._signalled, loop))
         log.info(
             "scheduler starting",
             instance=self.instance,
@@ -113,15 +115,27 @@ class SchedulerService:
             probe.cancel()
             await http.stop()
 
-    def _on_signal(self, signum: int) -> None:
+    def _signalled(self, loop: asyncio.AbstractEventLoop, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            loop.call_soon_threadsafe(self._on_sighup)
+            return
         now = time.monotonic()
         if self._first_signal_at is None:
             self._first_signal_at = now
-            grace = self.settings.shutdown_grace_seconds
-            log.info("stop requested", signal=signal.Signals(signum).name, grace_seconds=grace)
-            _exit_after(grace + STOP_MARGIN_SECONDS)
+            _exit_after(self.settings.shutdown_grace_seconds + STOP_MARGIN_SECONDS)
         elif now - self._first_signal_at > SAME_SIGNAL_SECONDS:
-            log.warning("second stop signal: stopping now", signal=signal.Signals(signum).name)
+            _exit_after(STOP_MARGIN_SECONDS)
+        else:
+            return
+        loop.call_soon_threadsafe(self._on_signal, signum, now == self._first_signal_at)
+
+    def _on_signal(self, signum: int, first: bool) -> None:
+        name = signal.Signals(signum).name
+        if first:
+            grace = self.settings.shutdown_grace_seconds
+            log.info("stop requested", signal=name, grace_seconds=grace)
+        else:
+            log.warning("second stop signal: stopping now", signal=name)
             self._stop_now.set()
         self._stop.set()
 

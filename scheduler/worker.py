@@ -11,6 +11,7 @@ the scheduler that started it is gone.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 import structlog
 
 from .base import JobContext
+from .board import Board
 from .discovery import discover
 from .event_loop import EventLoopChoice, run_on_loop
 from .invoke import _contained, acquire_requirements, invoke
@@ -68,10 +70,10 @@ class Channel:
 
 
 class Worker:
-    def __init__(self, jobs: dict[str, JobConfig], channel: Channel, watchdog_seconds: float):
+    def __init__(self, jobs: dict[str, JobConfig], channel: Channel, board: Board):
         self._jobs = jobs
+        self._board = board
         self._channel = channel
-        self._watchdog_seconds = watchdog_seconds
         self._tasks: set[asyncio.Task[None]] = set()
         self.beat_at = time.monotonic()
 
@@ -119,17 +121,23 @@ class Worker:
             message["attempt"],
             None if scheduled is None else datetime.fromisoformat(scheduled),
         )
-        resources = await acquire_requirements(meta.requirements)
+        key, board = message["id"], self._board
+        resources = await board.on_loop(key, acquire_requirements(meta.requirements))
         if isinstance(resources, BodyResult):
             return resources
         if resources:
             context = context.with_resources(resources)
+        # A plain-def body stays on the board until its thread ends, even past its timeout.
+        slot = board.enter_thread(key) if meta.synchronous else None
         result = await invoke(
             JobRegistry.get_task_class(job_type),
             context,
             config.timeout_seconds,
             synchronous=meta.synchronous,
+            wrap=None if meta.synchronous else functools.partial(board.on_loop, key),
         )
+        if result.outcome != Outcome.TIMEOUT:
+            board.leave(slot)
         if result.outcome == Outcome.TIMEOUT and meta.synchronous:
             # Its thread cannot be stopped: take no new runs, and let the supervisor end us.
             self._channel.send({"k": "retire", "why": f"a timed-out run of {job_type} is stuck"})
@@ -196,7 +204,7 @@ async def _serve(
     jobs: dict[str, JobConfig], init: Message, failures: Any, read_fd: int, write_fd: int
 ) -> None:
     channel = Channel(write_fd, asyncio.get_running_loop())
-    worker = Worker(jobs, channel, init["watchdog_seconds"])
+    worker = Worker(jobs, channel, Board(init["board"]))
     threading.Thread(
         target=watch,
         args=(worker, channel, init["watchdog_seconds"], os.getppid()),

@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -30,6 +32,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from . import board
 from .base import JobContext
 from .job_config import ResolvedJob
 from .records import BodyResult, Outcome, WorkerStatus
@@ -90,9 +93,11 @@ class _Dispatch:
 
 
 class _Worker:
-    def __init__(self, index: int, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, index: int, process: asyncio.subprocess.Process, board: str) -> None:
         self.index = index
         self.process = process
+        #: The file of bodies running in it (board.py).
+        self.board = board
         self.state = "starting"  # -> ready -> (retiring) ; the reader ends it
         self.in_flight: dict[int, _Dispatch] = {}
         self.outbox: list[Message] = []
@@ -147,6 +152,7 @@ class ProcessBackend:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._start_failures = 0
+        self._boards = Path(tempfile.mkdtemp(prefix="scheduler-boards-"))
 
     # ExecutionBackend
     async def start(self) -> None:
@@ -200,6 +206,7 @@ class ProcessBackend:
         readers = [t for t in self._tasks if t.get_name().startswith("reader")]
         if readers:
             await asyncio.wait(readers, timeout=5)
+        shutil.rmtree(self._boards, ignore_errors=True)
 
     # What the service shows
     def statuses(self) -> list[WorkerStatus]:
@@ -208,8 +215,9 @@ class ProcessBackend:
 
     # Dispatch
     def _least_busy(self) -> _Worker | None:
+        """The ready worker with the fewest runs, one whose loop answers before all."""
         ready = [w for w in self._workers.values() if w.state == "ready"]
-        return min(ready, key=lambda w: len(w.in_flight)) if ready else None
+        return min(ready, key=lambda w: (w.blocked is not None, len(w.in_flight)), default=None)
 
     def _send(self, worker: _Worker, key: int, dispatch: _Dispatch) -> None:
         worker.in_flight[key] = dispatch
@@ -226,6 +234,8 @@ class ProcessBackend:
     # Workers' lives
     async def _spawn(self) -> None:
         index = next(self._indexes)
+        board_path = str(self._boards / f"worker-{index}.board")
+        board.create(board_path)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -236,10 +246,10 @@ class ProcessBackend:
             # drains, and not the workers, which would drop their runs at once.
             start_new_session=True,
         )
-        worker = _Worker(index, process)
+        worker = _Worker(index, process, board_path)
         self._workers[index] = worker
         assert process.stdin is not None
-        process.stdin.write(encode([self._init]))
+        process.stdin.write(encode([{**self._init, "board": board_path}]))
         self._background(self._read(worker), name=f"reader-{index}")
 
     def _background(self, coroutine: Any, name: str = "supervisor") -> None:
@@ -306,11 +316,12 @@ class ProcessBackend:
         self._workers.pop(worker.index, None)
         reason, why = worker.kill_reason or (ExitReason.DIED, _exit_description(code))
         runs = list(worker.in_flight.values())
-        # Of the runs on a worker that died on its own, the one sent last is held to account
-        # (a body that ends its process mostly does so soon after it starts; the others had
-        # been running fine): it alone counts toward quarantine. A kill by the supervisor
+        # Of the runs on a worker that died on its own, the body caught executing is held to
+        # account (board.py): it alone counts toward quarantine. A kill by the supervisor
         # names its cause (or has none).
-        culprit = max(worker.in_flight, default=None) if reason == ExitReason.DIED else None
+        culprit = board.culprit(worker.board) if reason == ExitReason.DIED else None
+        with contextlib.suppress(OSError):
+            os.unlink(worker.board)
         for key, dispatch in worker.in_flight.items():
             dispatch.resolve(
                 BodyResult(

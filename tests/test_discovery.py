@@ -58,7 +58,9 @@ async def test_seed_example_executes(tasks_dir: Path) -> None:
     from scheduler import JobContext
 
     meta = JobRegistry.get("my_awesome_job")
-    results = await JobRegistry.get_task_class("my_awesome_job")().execute(JobContext("my_awesome_job", meta.defaults, "r1"))
+    results = await JobRegistry.get_task_class("my_awesome_job")().execute(
+        JobContext("my_awesome_job", meta.defaults, "r1")
+    )
     assert [(r.success, r.message, r.items_processed) for r in results] == [(True, "Done!", 10)]  # type: ignore[attr-defined]
 
 
@@ -95,7 +97,7 @@ def test_jobs_of_a_file_that_fails_half_way_are_not_kept(
     source = textwrap.dedent(GOOD_TASK.format(job_type="half_done"))
     write_task("half.py", source + "\nraise ValueError('late')\n")
     report = discover(tasks_dir)
-    assert [f.error for f in report.failures] == ["ValueError: late"]
+    assert [f.error for f in report.failures] == ["ValueError: late (line 9)"]
     assert not JobRegistry.is_registered("half_done")
     assert "half_done" not in JobType
 
@@ -166,7 +168,7 @@ def test_discovery_logs_what_it_found(tasks_dir: Path, write_task: WriteTask) ->
     failed = next(r for r in records if r["event"] == "task file failed to import")
     assert failed["level"] == "error"
     assert failed["path"] == str(tasks_dir / "bad.py")
-    assert failed["error"] == "ZeroDivisionError: division by zero"
+    assert failed["error"] == "ZeroDivisionError: division by zero (line 1)"
     summary = next(r for r in records if r["event"] == "discovery finished")
     assert summary["jobs"] == ["logged"]
     assert summary["failed_files"] == [str(tasks_dir / "bad.py")]

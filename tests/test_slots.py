@@ -62,7 +62,7 @@ async def test_limit_is_never_exceeded_and_cancelled_waiters_give_way() -> None:
 
 
 def test_pool_needs_a_worker() -> None:
-    with pytest.raises(ValueError, match="at least one worker"):
+    with pytest.raises(ValueError, match="at least one slot"):
         PrioritySlots(0)
 
 
