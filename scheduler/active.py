@@ -9,6 +9,7 @@ half-built: a standby simply has no `ActiveRole`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import hashlib
 from datetime import UTC, datetime
@@ -213,7 +214,11 @@ async def _quarantine(
             quarantined[job_type] = reason
         elif lifted_at is not None:
             lifted[job_type] = lifted_at
-    streaks = await asyncio.to_thread(history.crash_streaks, lifted)
+    # In process mode no task can end the scheduler: a run it cut off is an operator's kill.
+    inline = settings.execution == "inline"
+    streaks = await asyncio.to_thread(
+        functools.partial(history.crash_streaks, lifted, scheduler_deaths=inline)
+    )
 
     def persist(job_type: str, why: str) -> None:
         digest = task_file_digest(catalog, job_type)
@@ -224,6 +229,8 @@ async def _quarantine(
     for job_type, streak in streaks.items():  # e.g. runs cut off by a scheduler killed thrice
         if streak >= quarantine.after and job_type not in quarantined:
             why = f"its last {streak} attempts ended the process running them"
+            if not inline:
+                why = f"its last {streak} attempts ended their worker process"
             quarantine.quarantined_now(job_type, why)
     return quarantine, changed
 

@@ -117,7 +117,7 @@ def list_command(
         click.echo(jobs_table(jobs, blocked))
         for line in [*override_lines(jobs), *blocked_lines(blocked)]:
             click.echo(line)
-        _report(catalog)
+        _report(catalog, verbose)
     if not catalog.ok:
         sys.exit(1)
 
@@ -129,7 +129,7 @@ def check(tasks_dir: Path | None, config_file: Path | None, verbose: bool) -> No
     """Validate task files and configuration; exit 1 if anything is wrong."""
     catalog = _quiet_catalog(tasks_dir, config_file, verbose)
     blocked = asyncio.run(catalog.blocked_by_requirements())
-    _report(catalog)
+    _report(catalog, verbose)
     for job_type, reasons in blocked.items():
         for why in reasons:
             click.echo(f"warning: job {job_type!r} is blocked: {why}", err=True)
@@ -245,9 +245,11 @@ cli.add_command(_operator_command("pause"))
 cli.add_command(_operator_command("resume"))
 
 
-def _report(catalog: JobCatalog) -> None:
+def _report(catalog: JobCatalog, verbose: bool = False) -> None:
     for failure in catalog.failures:
         click.echo(f"error: task file {failure}", err=True)
+        if verbose and failure.traceback:
+            click.echo(failure.traceback.rstrip(), err=True)
     for problem in catalog.problems:
         click.echo(f"error: {problem}", err=True)
     for warning in catalog.warnings:

@@ -52,7 +52,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .database import BatchStatement
-from .records import FINISHED, Outcome, RunRecord
+from .records import FINISHED, NOT_EXECUTING_MARK, Outcome, RunRecord
 
 log = structlog.get_logger(__name__)
 
@@ -369,14 +369,25 @@ class RunHistory:
                 )
         return records
 
-    def crash_streaks(self, since: dict[str, datetime]) -> dict[str, int]:
+    def crash_streaks(
+        self, since: dict[str, datetime], *, scheduler_deaths: bool = False
+    ) -> dict[str, int]:
         """Each job's attempts that ended their process since its latest other ending (and
-        since `since[job]`, when its quarantine was lifted): the quarantine's streaks."""
-        crashed = or_(
-            runs.c.outcome == Outcome.CRASHED,
-            and_(runs.c.outcome == Outcome.INTERRUPTED, runs.c.error == INTERRUPTED_BY_CRASH),
+        since `since[job]`, when its quarantine was lifted): the quarantine's streaks.
+        `scheduler_deaths`: runs cut off by a dead scheduler process count too (inline mode,
+        where a task can end it)."""
+        causes = [
+            and_(
+                runs.c.outcome == Outcome.CRASHED,
+                runs.c.error.not_like(f"%{NOT_EXECUTING_MARK}"),
+            ),
             and_(runs.c.outcome == Outcome.TIMEOUT, runs.c.error.like(KILLED_AT_TIMEOUT_MARK)),
-        )
+        ]
+        if scheduler_deaths:
+            causes.append(
+                and_(runs.c.outcome == Outcome.INTERRUPTED, runs.c.error == INTERRUPTED_BY_CRASH)
+            )
+        crashed = or_(*causes)
         started = [str(outcome) for outcome in FINISHED]
         clean = (
             select(runs.c.job_type, func.max(runs.c.id).label("last"))

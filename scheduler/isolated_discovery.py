@@ -86,6 +86,8 @@ def _one_child(
         except queue.Empty:
             child.kill()
             child.wait()
+            while messages.get() is not None:  # until the reader's end: its stream is closed
+                pass
             assert current is not None or remaining, "a child hung before its first file"
             current = current or remaining[0]
             why = f"import did not finish within {timeout_seconds:g}s (does it block at import?)"
@@ -133,9 +135,10 @@ def _messages(stream: IO[bytes]) -> queue.SimpleQueue[Message | None]:
 
     def read() -> None:
         lines = LineBuffer()
-        while data := stream.read1(2**16):  # type: ignore[attr-defined]
-            for message in lines.feed(data):
-                messages.put(message)
+        with stream:  # the reader owns it: closed at the child's end (EOF), whatever ended it
+            while data := stream.read1(2**16):  # type: ignore[attr-defined]
+                for message in lines.feed(data):
+                    messages.put(message)
         messages.put(None)
 
     threading.Thread(target=read, name="discovery-reader", daemon=True).start()

@@ -11,6 +11,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 ERROR_SUMMARY_LIMIT = 2000
+#: Ends the error of a `crashed` attempt whose body was not executing when its worker died:
+#: another run's doing (it does not count toward quarantine).
+NOT_EXECUTING_MARK = "(this run was not executing)"
 
 
 class Outcome(StrEnum):

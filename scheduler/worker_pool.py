@@ -35,7 +35,7 @@ import structlog
 from . import board
 from .base import JobContext
 from .job_config import ResolvedJob
-from .records import BodyResult, Outcome, WorkerStatus
+from .records import NOT_EXECUTING_MARK, BodyResult, Outcome, WorkerStatus
 from .wire import LineBuffer, Message, encode
 
 log = structlog.get_logger(__name__)
@@ -323,13 +323,10 @@ class ProcessBackend:
         with contextlib.suppress(OSError):
             os.unlink(worker.board)
         for key, dispatch in worker.in_flight.items():
-            dispatch.resolve(
-                BodyResult(
-                    Outcome.CRASHED,
-                    f"its worker process (pid {worker.pid}) {why}",
-                    killed_worker=key == culprit,
-                )
-            )
+            error = f"its worker process (pid {worker.pid}) {why}"
+            if reason == ExitReason.DIED and key != culprit:
+                error += f" {NOT_EXECUTING_MARK}"
+            dispatch.resolve(BodyResult(Outcome.CRASHED, error, killed_worker=key == culprit))
         worker.in_flight.clear()
         if reason != ExitReason.STOPPED and self._observer is not None:
             self._observer.worker_exited(reason)

@@ -337,3 +337,22 @@ def test_a_plain_def_task_runs_in_a_thread_with_its_timeout(services: ServiceFac
         what="the stuck worker ended",
     )
     assert service.stop() == 0
+
+
+def test_inline_a_task_that_ends_the_service_cannot_crash_loop_it(
+    services: ServiceFactory,
+) -> None:
+    services.write_task(
+        "killer.py", task_source("killer", "os._exit(3)", interval_seconds=3600, max_retries=0)
+    )
+    exits = []
+    for _ in range(3):  # each start: the (recovery) run ends the whole process
+        service = services(SCHEDULER_EXECUTION="inline", SCHEDULER_QUARANTINE_AFTER="3")
+        exits.append(service.wait(timeout=30))
+    assert exits == [3, 3, 3]
+    last = services(SCHEDULER_EXECUTION="inline", SCHEDULER_QUARANTINE_AFTER="3")
+    wait_until(lambda: state_of(last, "killer") == "quarantined", what="quarantined")
+    rows = services.runs("killer")
+    assert [r.trigger for r in rows] == ["schedule", "recovery", "recovery"]
+    assert {r.outcome for r in rows} == {"interrupted"}
+    assert last.stop() == 0
