@@ -152,8 +152,9 @@ class HistoryWriter:
 
     @property
     def healthy(self) -> bool:
-        """False while writes are failing (the database is unreachable)."""
-        return self._healthy
+        """False while writes are failing (the database is unreachable), or if the writer
+        thread is gone."""
+        return self._healthy and self._thread.is_alive()
 
     @property
     def written(self) -> int:
@@ -200,7 +201,11 @@ class HistoryWriter:
                     self._queue.put(None)
                     break
                 batch.append(item)
-            self._write_until_done(batch)
+            try:
+                self._write_until_done(batch)
+            except Exception:  # a bug of ours, not an outage: never the end of the writer
+                log.exception("run history batch failed; writing its rows one by one")
+                self._write_one_by_one(batch)
             with self._progress:
                 self._written += len(batch)
                 self._progress.notify_all()
@@ -208,7 +213,25 @@ class HistoryWriter:
 
     def _notify(self) -> None:
         for listener in self._listeners:
-            listener()
+            try:
+                listener()
+            except Exception:
+                log.exception("run history listener failed")
+
+    def _write_one_by_one(self, batch: list[tuple[Any, ...]]) -> None:
+        """Each row in a transaction of its own: a row that still fails is logged and dropped,
+        so that it cannot hold back the others."""
+        for row in batch:
+            try:
+                with self._engine.begin() as connection:
+                    self._upsert.execute(connection, [row])
+            except Exception as error:
+                log.error(
+                    "run history row dropped: it cannot be written",
+                    run_id=str(row[0]),
+                    attempt=str(row[1]),
+                    error=f"{type(error).__name__}: {error}",
+                )
 
     def _write_until_done(self, batch: list[tuple[Any, ...]]) -> None:
         # A row is upserted whole; a later state of the same attempt replaces an earlier one

@@ -211,3 +211,25 @@ def test_an_error_text_with_a_nul_character_is_stored(engine: Engine) -> None:
     writer.close()
     (stored,) = RunHistory(engine).recent()
     assert stored.error == "ValueError: bad\\x00byte"
+
+
+def test_a_row_that_breaks_the_writer_is_dropped_and_the_writer_lives_on(engine: Engine) -> None:
+    writer = HistoryWriter(engine)
+    good = [record() for _ in range(5)]
+    broken = record(started_at="not a datetime")  # the statement's conversion raises on it
+    for row in [*good[:2], broken, *good[2:]]:
+        writer.write(row)
+    assert writer.flush(10)
+    after = record()
+    writer.write(after)
+    assert writer.close()
+    stored = {r.run_id for r in RunHistory(engine).recent("job", limit=100)}
+    assert stored == {r.run_id for r in [*good, after]}
+    assert broken.run_id not in stored
+
+
+def test_the_writer_is_unhealthy_once_its_thread_is_gone(engine: Engine) -> None:
+    writer = HistoryWriter(engine)
+    assert writer.healthy
+    writer.close()
+    assert not writer.healthy
