@@ -214,9 +214,12 @@ class ServiceFactory:
         self.tasks_dir = tasks_dir
         self.services: list[ServiceProcess] = []
         self._engine: Engine | None = None
+        #: Environment every service of this factory starts with (a test's own env wins).
+        self.defaults: dict[str, str] = {}
 
     def __call__(self, **env: str) -> ServiceProcess:
-        service = ServiceProcess(self.workdir, self.database_url, self.tasks_dir, dict(env))
+        environ = {**self.defaults, **env}
+        service = ServiceProcess(self.workdir, self.database_url, self.tasks_dir, environ)
         self.services.append(service)
         return service.start()
 

@@ -21,6 +21,15 @@ def gap(earlier: RunRecord, later: RunRecord) -> float:
     return (later.started_at - earlier.finished_at).total_seconds()
 
 
+
+@pytest.fixture(autouse=True, params=["process", "inline"])
+def execution(request: pytest.FixtureRequest, services: ServiceFactory) -> str:
+    """Run semantics are the same wherever bodies run: every test here runs in both modes."""
+    mode = str(request.param)
+    services.defaults["SCHEDULER_EXECUTION"] = mode
+    return mode
+
+
 def test_timeout_cancels_the_run_records_it_and_frees_the_slot(services: ServiceFactory) -> None:
     services.write_task(
         "sleeper.py",
