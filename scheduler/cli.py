@@ -17,7 +17,7 @@ import click
 from .backends import InlineBackend
 from .catalog import JobCatalog, load_catalog
 from .coordinator import NoHistory, RunCoordinator
-from .database import create_database_engine
+from .database import create_database_engine, is_sqlite, normalize_url, sqlite_path
 from .errors import SchedulerError
 from .event_loop import run_on_loop
 from .history import RunHistory, migrate
@@ -28,6 +28,7 @@ from .presentation import (
     catalog_as_json,
     jobs_table,
     override_lines,
+    quarantine_lines,
     run_as_json,
     runs_table,
 )
@@ -110,12 +111,14 @@ def list_command(
     """List discovered jobs, their effective settings and where overrides came from."""
     catalog = _quiet_catalog(tasks_dir, config_file, verbose)
     blocked = asyncio.run(catalog.blocked_by_requirements())
+    quarantined = stored_quarantines(_settings())
     jobs = list(catalog.jobs.values())
     if as_json:
-        click.echo(json.dumps(catalog_as_json(catalog, blocked), indent=2))
+        click.echo(json.dumps(catalog_as_json(catalog, blocked, quarantined), indent=2))
     else:
-        click.echo(jobs_table(jobs, blocked))
-        for line in [*override_lines(jobs), *blocked_lines(blocked)]:
+        click.echo(jobs_table(jobs, blocked, quarantined))
+        lines = [*override_lines(jobs), *blocked_lines(blocked), *quarantine_lines(quarantined)]
+        for line in lines:
             click.echo(line)
         _report(catalog, verbose)
     if not catalog.ok:
@@ -243,6 +246,23 @@ def call_service(url: str, token: str) -> tuple[int, Any]:
 cli.add_command(_operator_command("run"), "trigger")
 cli.add_command(_operator_command("pause"))
 cli.add_command(_operator_command("resume"))
+
+
+def stored_quarantines(settings: ServiceSettings) -> dict[str, str]:
+    """Quarantined jobs as the database has them; {} where there is no database yet (a
+    read-only look: nothing is created or migrated)."""
+    url = normalize_url(settings.database_url)
+    path = sqlite_path(url)
+    if is_sqlite(url) and (path is None or not path.exists()):
+        return {}
+    engine = create_database_engine(settings.database_url)
+    try:
+        stored = RunHistory(engine).quarantines()
+    except Exception:  # unreachable, or not migrated yet
+        return {}
+    finally:
+        engine.dispose()
+    return {job_type: reason for job_type, (reason, _, _) in stored.items() if reason}
 
 
 def _report(catalog: JobCatalog, verbose: bool = False) -> None:

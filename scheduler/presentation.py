@@ -32,20 +32,32 @@ def display(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def job_status(job: ResolvedJob, blocked: Mapping[str, list[str]]) -> str:
+NONE: Mapping[str, str] = {}
+
+
+def job_status(
+    job: ResolvedJob, blocked: Mapping[str, list[str]], quarantined: Mapping[str, str] = NONE
+) -> str:
     if not job.config.enabled:
         return "disabled"
+    if job.job_type in quarantined:
+        return "quarantined"
     return "blocked" if job.job_type in blocked else "ready"
 
 
-def jobs_table(jobs: Sequence[ResolvedJob], blocked: Mapping[str, list[str]]) -> str:
+def jobs_table(
+    jobs: Sequence[ResolvedJob],
+    blocked: Mapping[str, list[str]],
+    quarantined: Mapping[str, str] = NONE,
+) -> str:
     header = ("JOB TYPE", "NAME", "STATUS", "INTERVAL", "PRIORITY", "CONCURRENT", "RETRIES",
               "TIMEOUT", "BATCH", "REQUIRES", "DEPENDS ON")  # fmt: skip
     rows = [header]
     for job in jobs:
         c, m = job.config, job.metadata
         rows.append((
-            job.job_type, m.name, job_status(job, blocked), seconds(c.interval_seconds),
+            job.job_type, m.name, job_status(job, blocked, quarantined),
+            seconds(c.interval_seconds),
             c.priority.name, str(c.max_concurrent),
             f"{c.max_retries} every {seconds(c.retry_delay_seconds)}",
             seconds(c.timeout_seconds), str(c.batch_size),
@@ -68,7 +80,15 @@ def blocked_lines(blocked: Mapping[str, list[str]]) -> list[str]:
     return ["", "Blocked (not run until this is fixed):", *lines] if lines else []
 
 
-def job_as_json(job: ResolvedJob, blocked: Mapping[str, list[str]]) -> dict[str, Any]:
+def quarantine_lines(quarantined: Mapping[str, str]) -> list[str]:
+    lines = [f"  {job_type}: {why}" for job_type, why in quarantined.items()]
+    header = "Quarantined (not scheduled until resumed or its task file changes):"
+    return ["", header, *lines] if lines else []
+
+
+def job_as_json(
+    job: ResolvedJob, blocked: Mapping[str, list[str]], quarantined: Mapping[str, str] = NONE
+) -> dict[str, Any]:
     meta = job.metadata
     config = job.config.model_dump(mode="json")
     config["priority"] = job.config.priority.name
@@ -78,8 +98,9 @@ def job_as_json(job: ResolvedJob, blocked: Mapping[str, list[str]]) -> dict[str,
         "description": meta.description,
         "task_class": meta.qualified_class_name,
         "source": str(meta.source),
-        "status": job_status(job, blocked),
+        "status": job_status(job, blocked, quarantined),
         "blocked_by": blocked.get(job.job_type, []),
+        "quarantined": quarantined.get(job.job_type),
         "config": config,
         "requirements": list(meta.requirements),
         "dependencies": list(meta.dependencies),
@@ -90,10 +111,12 @@ def job_as_json(job: ResolvedJob, blocked: Mapping[str, list[str]]) -> dict[str,
     }
 
 
-def catalog_as_json(catalog: JobCatalog, blocked: Mapping[str, list[str]]) -> dict[str, Any]:
+def catalog_as_json(
+    catalog: JobCatalog, blocked: Mapping[str, list[str]], quarantined: Mapping[str, str] = NONE
+) -> dict[str, Any]:
     return {
         "tasks_dir": str(catalog.discovery.tasks_dir),
-        "jobs": [job_as_json(job, blocked) for job in catalog.jobs.values()],
+        "jobs": [job_as_json(job, blocked, quarantined) for job in catalog.jobs.values()],
         "failures": [{"path": str(f.path), "error": f.error} for f in catalog.failures],
         "problems": list(catalog.problems),
         "warnings": list(catalog.warnings),

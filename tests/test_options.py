@@ -21,7 +21,6 @@ def gap(earlier: RunRecord, later: RunRecord) -> float:
     return (later.started_at - earlier.finished_at).total_seconds()
 
 
-
 @pytest.fixture(autouse=True, params=["process", "inline"])
 def execution(request: pytest.FixtureRequest, services: ServiceFactory) -> str:
     """Run semantics are the same wherever bodies run: every test here runs in both modes."""

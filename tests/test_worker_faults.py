@@ -3,6 +3,7 @@ can end, freeze or bloat its process costs only its own runs, and each is record
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ServiceFactory, ServiceProcess, task_source, wait_until
+from tests.support import ServiceFactory, ServiceProcess, run_cli, task_source, wait_until
 
 QUICK = "return [RunnerResult(success=True)]"
 TOKEN = "faults-token"
@@ -209,6 +210,12 @@ def test_a_job_that_keeps_killing_its_worker_is_quarantined_until_resumed(
     any_services.wait_for_runs("fine", 10)  # the other job runs on
     assert len(any_services.finished("doomed", "crashed")) == crashed  # not scheduled
     assert service.stop() == 0
+    listed = run_cli(
+        "list", "--json", "--tasks-dir", str(any_services.tasks_dir),
+        cwd=any_services.workdir, env={"SCHEDULER_DATABASE_URL": any_services.database_url},
+    )  # fmt: skip
+    (doomed,) = [j for j in json.loads(listed.stdout)["jobs"] if j["job_type"] == "doomed"]
+    assert doomed["status"] == "quarantined" and "ended their worker" in doomed["quarantined"]
 
     again = any_services(**env)  # a restart keeps the quarantine
     wait_until(lambda: state_of(again, "doomed") == "quarantined", what="still quarantined")
