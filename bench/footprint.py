@@ -64,7 +64,22 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _service(tmp: Path, count: int, interval: float) -> subprocess.Popen[bytes]:
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started (the worker processes, in process mode)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def _family(pid: int) -> list[int]:
+    return [pid, *_children(pid)]
+
+
+def _service(
+    tmp: Path, count: int, interval: float, execution: str = "process"
+) -> subprocess.Popen[bytes]:
     tasks = tmp / "tasks"
     tasks.mkdir()
     for n in range(count):
@@ -76,6 +91,7 @@ def _service(tmp: Path, count: int, interval: float) -> subprocess.Popen[bytes]:
         SCHEDULER_TASKS_DIR=str(tasks),
         SCHEDULER_HTTP_PORT=str(_free_port()),
         SCHEDULER_LOG_LEVEL="WARNING",
+        SCHEDULER_EXECUTION=execution,
     )
     return subprocess.Popen(
         [MEASURED_PYTHON, "-m", "scheduler", "run"], cwd=tmp, env=env,
@@ -118,20 +134,26 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
+SYSTEMS = {"raw APSched": None, "ours process": "process", "ours inline": "inline"}
+
+
 def idle(system: str, seconds: float) -> tuple[float, float]:
-    """(RSS MB at the end, CPU % over the window) with 20 jobs at 60 s."""
+    """(RSS MB at the end, CPU % over the window) with 20 jobs at 60 s: of the whole service,
+    the scheduler process and its worker processes together."""
+    execution = SYSTEMS[system]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         process = (
-            _service(folder, 20, 60)
-            if system == "taskwarden"
-            else _raw(folder, 20, 60, seconds + 30)
+            _raw(folder, 20, 60, seconds + 30)
+            if execution is None
+            else _service(folder, 20, 60, execution)
         )
         time.sleep(5)  # start-up and the first runs are not idleness
-        before = _cpu_seconds(process.pid)
+        family = _family(process.pid)
+        before = sum(_cpu_seconds(pid) for pid in family)
         time.sleep(seconds)
-        cpu = (_cpu_seconds(process.pid) - before) / seconds * 100
-        rss = _rss_mb(process.pid)
+        cpu = (sum(_cpu_seconds(pid) for pid in family) - before) / seconds * 100
+        rss = sum(_rss_mb(pid) for pid in _family(process.pid))
         _stop(process)
     return rss, cpu
 
@@ -141,8 +163,9 @@ def first_run(system: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         started = time.time()
-        if system == "taskwarden":
-            process = _service(folder, 200, 60)
+        execution = SYSTEMS[system]
+        if execution is not None:
+            process = _service(folder, 200, 60, execution)
             first = _first_service_run(folder)
         else:
             process = _raw(folder, 200, 60, 60)
@@ -162,7 +185,7 @@ def main() -> None:
         f"idle: 20 jobs at 60 s, {seconds:g} s; start-to-first-run: 200 jobs; median of {repeats}"
     )
     print(f"{'system':<12} {'RSS':>8} {'CPU':>7} {'first run':>10}")
-    for system in ("raw APSched", "taskwarden"):
+    for system in SYSTEMS:
         rss, cpu = zip(*(idle(system, seconds) for _ in range(repeats)), strict=True)
         first = [first_run(system) for _ in range(repeats)]
         print(f"{system:<12} {statistics.median(rss):>6.1f}MB {statistics.median(cpu):>6.2f}% "
