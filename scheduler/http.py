@@ -112,7 +112,11 @@ writes = APIRouter(dependencies=[Depends(require_admin)], responses=WRITE_RESPON
 @reads.get("/", response_class=HTMLResponse, summary="Status page (read-only)")
 def status_page(view: View) -> HTMLResponse:
     page = render_status_page(
-        view.jobs_overview(), view.health_problems(), view.is_leader, view.recent_failures()
+        view.jobs_overview(),
+        view.health_problems(),
+        view.is_leader,
+        view.recent_failures(),
+        view.workers(),
     )
     return HTMLResponse(page)
 

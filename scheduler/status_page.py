@@ -17,7 +17,8 @@ h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 2rem; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e3e6ee; }
 th { background: #f4f6fa; }
-.ok, .success, .scheduled { color: #17733a; } .failure, .timeout, .unhealthy { color: #b3261e; }
+.ok, .success, .scheduled, .ready { color: #17733a; }
+.failure, .timeout, .unhealthy, .crashed, .quarantined, .retiring { color: #b3261e; }
 .blocked, .paused, .disabled, .not_loaded, .skipped, .interrupted { color: #8a5a00; }
 code { font-size: 12px; }
 """
@@ -55,6 +56,7 @@ def render_status_page(
     problems: Sequence[str],
     leader: bool,
     failures: Sequence[RunRecord],
+    workers: Sequence[dict[str, Any]] = (),
     now: datetime | None = None,
 ) -> str:
     now = now or datetime.now(UTC)
@@ -85,6 +87,29 @@ def render_status_page(
         + "</tr>"
         for r in failures
     ]
+    worker_rows = [
+        "<tr>"
+        + _cell(w["index"])
+        + _cell(w["pid"])
+        + _cell(w["state"], w["state"])
+        + _cell(w["runs"])
+        + _cell(f"{w['rss_bytes'] / 2**20:.0f} MB")
+        + _cell(
+            f"blocked {w['blocked_seconds']:.1f}s by {w['blocked_job']} at {w['blocked_where']}"
+            if w["blocked_job"] or w["blocked_seconds"]
+            else "answers",
+            "unhealthy" if w["blocked_seconds"] else "ok",
+        )
+        + "</tr>"
+        for w in workers
+    ]
+    workers_table = (
+        '<h2>Workers</h2>\n<table id="workers"><thead><tr><th>Worker</th><th>PID</th>'
+        "<th>State</th><th>Runs</th><th>Memory</th><th>Event loop</th></tr></thead>"
+        f"<tbody>{''.join(worker_rows)}</tbody></table>"
+        if worker_rows
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{REFRESH_SECONDS}">
@@ -101,5 +126,6 @@ def render_status_page(
 <table id="failures"><thead><tr><th>Started (UTC)</th><th>Job type</th><th>Outcome</th>
 <th>Attempt</th><th>Error</th></tr></thead>
 <tbody>{"".join(failure_rows) or '<tr><td colspan="5">none</td></tr>'}</tbody></table>
+{workers_table}
 </body></html>
 """

@@ -132,6 +132,7 @@ class ServiceProcess:
             SCHEDULER_HEARTBEAT_SECONDS="0.5",
             SCHEDULER_STANDBY_POLL_SECONDS="0.5",
             SCHEDULER_HTTP_PORT=str(self.http_port),
+            SCHEDULER_WORKERS="2",  # whatever the machine's CPU count: tests count workers
         )
         environ.update(self.env)
         environ.update(extra_env)

@@ -95,3 +95,6 @@ def test_status_page_shows_a_failing_job_as_failed(
     assert [row[1:3] for row in failures] == [["broken_job", "failed"]]
     assert failures[0][4] == "RuntimeError: upstream returned 502"
     assert "healthy" in dom and "active instance" in dom
+    workers = tables.rows["workers"][1:]  # process mode: one row per worker process
+    assert len(workers) == 2 and {row[2] for row in workers} == {"ready"}
+    assert {row[5] for row in workers} == {"answers"}
