@@ -2,7 +2,7 @@
 
 The scheduler process sends each attempt to the least busy worker and awaits its
 `BodyResult`; it never runs task code itself. The supervisor (a task on the scheduler's loop,
-ten times a second) enforces what a worker cannot enforce on itself:
+four times a second) enforces what a worker cannot enforce on itself:
 
 - a run still going `kill_grace_seconds` after its timeout (it ignored its cancellation, or
   blocks its worker's loop) is recorded `timeout` and its worker killed;
@@ -40,7 +40,8 @@ from .wire import LineBuffer, Message, encode
 
 log = structlog.get_logger(__name__)
 
-SUPERVISE_SECONDS = 0.1
+#: How often deadlines and memory are checked (a kill lands up to this late).
+SUPERVISE_SECONDS = 0.25
 #: How long a worker may take to exit once its input is closed, before it is killed.
 EXIT_SECONDS = 1.0
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
