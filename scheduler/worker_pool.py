@@ -106,6 +106,7 @@ class _Worker:
         self.blocked: Message | None = None
         self.blocked_at = 0.0
         self.rss_bytes = 0
+        self.spawned_at = time.monotonic()
 
     @property
     def pid(self) -> int:
@@ -307,6 +308,8 @@ class ProcessBackend:
             return
         worker.state = "ready"
         self._start_failures = 0
+        seconds = round(time.monotonic() - worker.spawned_at, 3)
+        log.info("worker ready", worker=worker.index, pid=worker.pid, start_seconds=seconds)
         for failed in message.get("failed", []):  # imported at discovery, not here
             log.error("task file failed to import in a worker", worker=worker.index, error=failed)
         while self._pending and (target := self._least_busy()) is not None:

@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -363,3 +365,40 @@ def test_inline_a_task_that_ends_the_service_cannot_crash_loop_it(
     assert [r.trigger for r in rows] == ["schedule", "recovery", "recovery"]
     assert {r.outcome for r in rows} == {"interrupted"}
     assert last.stop() == 0
+
+
+MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
+
+
+def test_a_worker_the_kernels_oom_killer_ends_is_recorded(
+    services: ServiceFactory, tmp_path: Path
+) -> None:
+    """The real OOM killer: the worker running the hog is moved into a memory cgroup of its
+    own with a 200 MB limit, then the hog allocates 600 MB."""
+    if os.geteuid() != 0 or not (MEMORY_CGROUPS / "memory.limit_in_bytes").exists():
+        pytest.skip("needs root and the cgroup v1 memory controller to make a memory cgroup")
+    go = tmp_path / "go"
+    body = f"""
+    while not pathlib.Path({str(go)!r}).exists():
+        await asyncio.sleep(0.05)
+    hoard = bytearray(600 * 2**20)
+    return []
+    """
+    services.write_task("hog.py", task_source("hog", body, interval_seconds=3600, idempotent=False))
+    service = services()
+    busy = wait_until(
+        lambda: [w for w in workers(service) if w["runs"] == 1], what="the hog's worker"
+    )
+    group = MEMORY_CGROUPS / f"taskwarden-test-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(200 * 2**20))
+        (group / "cgroup.procs").write_text(str(busy[0]["pid"]))
+        go.touch()
+        (run,) = services.wait_for_runs("hog", 1, outcome="crashed")
+        assert "was killed by SIGKILL (the kernel's OOM killer sends SIGKILL)" in str(run.error)
+        wait_until(lambda: not (group / "cgroup.procs").read_text().strip(), what="it died")
+    finally:
+        group.rmdir()
+    assert metric(service, 'scheduler_worker_exits_total{reason="died"}') == 1
+    assert service.stop() == 0
