@@ -197,6 +197,11 @@ class SchedulerService:
         health.scheduler_alive = self._scheduler_thread_alive()
         health.job_store_ok = self.role.store.healthy if self.role is not None else True
         health.history_ok = writer.healthy
+        workers = self._workers()
+        if self.settings.execution == "inline" or any(w.state == "ready" for w in workers):
+            health.no_worker_since = None
+        elif health.no_worker_since is None:
+            health.no_worker_since = health.heartbeat_at
 
     async def _probe_loop_lag(self) -> None:
         """How late the loop wakes a timer: a loop busy with blocking work shows here."""

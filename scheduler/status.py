@@ -24,6 +24,13 @@ class Health:
     job_store_ok: bool = True
     history_ok: bool = True
     event_loop_lag_seconds: float = 0.0
+    #: Since when (time.time()) no worker process has been ready, in process mode; None while
+    #: one is (or in inline mode).
+    no_worker_since: float | None = None
+
+
+#: How long the active instance may go without a ready worker (a restart takes well under 1 s).
+NO_WORKER_GRACE_SECONDS = 10.0
 
 
 def health_problems(
@@ -44,6 +51,9 @@ def health_problems(
         problems.append("job store unreachable")
     if not health.history_ok:
         problems.append("run history writes are failing")
+    since = health.no_worker_since
+    if health.leader and since is not None and now - since > NO_WORKER_GRACE_SECONDS:
+        problems.append(f"no worker process has been ready for {now - since:.0f}s")
     return problems
 
 
