@@ -23,7 +23,12 @@ from tests.support import IN_CI, ServiceFactory, free_port, task_source, wait_un
 DASHBOARD = REPO_ROOT / "grafana" / "dashboards" / "scheduler.json"
 ALERTS = REPO_ROOT / "prometheus" / "alerts.yml"
 # Alerts this test drives into firing; the rest are checked on the signal they compare.
-DRIVEN = {"SchedulerJobFailing", "SchedulerJobStale", "SchedulerTaskFilesFailing"}
+DRIVEN = {
+    "SchedulerJobFailing",
+    "SchedulerJobStale",
+    "SchedulerTaskFilesFailing",
+    "SchedulerJobQuarantined",
+}
 AFTER_KILL = {"SchedulerDown", "SchedulerNoActiveInstance"}
 
 
@@ -178,6 +183,9 @@ def test_every_panel_and_alert_returns_data_from_a_real_prometheus(
         "blocked.py", task_source("blocked", "return []", interval_seconds=0.5, requires_moon=True)
     )
     services.write_task("broken.py", "def (:\n")
+    services.write_task(  # ends its worker at every run: quarantined after three
+        "doomed.py", task_source("doomed", "os._exit(7)", interval_seconds=0.5, max_retries=0)
+    )
     service = services()
     prometheus = prometheus_for(f"127.0.0.1:{service.http_port}")
     wait_until(
