@@ -80,12 +80,12 @@ class PoolObserver(Protocol):
 class _Dispatch:
     __slots__ = ("deadline", "future", "job_type", "message", "run_id", "timeout")
 
-    def __init__(self, message: Message, timeout: float, deadline: float) -> None:
+    def __init__(self, message: Message, timeout: float) -> None:
         self.message = message
         self.job_type: str = message["job"]
         self.run_id: str = message["run_id"]
         self.timeout = timeout
-        self.deadline = deadline
+        self.deadline = float("inf")  # set when it is sent to a worker
         self.future: asyncio.Future[BodyResult] = asyncio.get_running_loop().create_future()
 
     def resolve(self, result: BodyResult) -> None:
@@ -173,10 +173,7 @@ class ProcessBackend:
             "attempt": context.attempt,
             "scheduled": None if scheduled is None else scheduled.isoformat(),
         }
-        timeout = job.config.timeout_seconds
-        dispatch = _Dispatch(
-            message, timeout, time.monotonic() + timeout + self._options.kill_grace_seconds
-        )
+        dispatch = _Dispatch(message, job.config.timeout_seconds)
         worker = self._least_busy()
         if worker is None:
             self._pending.append(dispatch)
@@ -222,6 +219,9 @@ class ProcessBackend:
         return min(ready, key=lambda w: (w.blocked is not None, len(w.in_flight)), default=None)
 
     def _send(self, worker: _Worker, key: int, dispatch: _Dispatch) -> None:
+        # The hard deadline counts from the hand-over: time spent waiting for a worker to
+        # come up is not the body's.
+        dispatch.deadline = time.monotonic() + dispatch.timeout + self._options.kill_grace_seconds
         worker.in_flight[key] = dispatch
         if not worker.outbox:
             asyncio.get_running_loop().call_soon(self._flush, worker)
@@ -314,7 +314,8 @@ class ProcessBackend:
             log.error("task file failed to import in a worker", worker=worker.index, error=failed)
         while self._pending and (target := self._least_busy()) is not None:
             dispatch = self._pending.popleft()
-            self._send(target, dispatch.message["id"], dispatch)
+            if not dispatch.future.done():  # nobody waits for a run cancelled meanwhile
+                self._send(target, dispatch.message["id"], dispatch)
 
     async def _on_exit(self, worker: _Worker, code: int) -> None:
         self._workers.pop(worker.index, None)
@@ -349,8 +350,19 @@ class ProcessBackend:
         if worker.state == "starting":  # it never came up: do not spin
             self._start_failures += 1
             await asyncio.sleep(min(0.1 * 2**self._start_failures, 5.0))
-        if not self._stopping:
-            await self._spawn()
+        await self._respawn()
+
+    async def _respawn(self) -> None:
+        """Start a replacement, retrying while the system refuses (no memory, no processes)."""
+        delay = 0.1
+        while not self._stopping:
+            try:
+                await self._spawn()
+                return
+            except OSError as error:
+                log.error("worker process could not be started; retrying", error=str(error))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _retire(self, worker: _Worker, why: str) -> None:
         """No new runs for `worker`; it ends once idle, and a fresh one takes its place."""
@@ -358,7 +370,7 @@ class ProcessBackend:
             return
         worker.state = "retiring"
         log.warning("worker retiring", worker=worker.index, pid=worker.pid, why=why)
-        self._background(self._spawn(), name="spawn")
+        self._background(self._respawn(), name="spawn")
 
     def _kill(self, worker: _Worker, reason: ExitReason, why: str) -> None:
         if worker.kill_reason is None:
