@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import socket
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from pydantic import BaseModel
 from .errors import ConfigurationError, NotActiveError, UnknownJobTypeError
 from .metrics import package_version
 from .presentation import run_as_json
-from .records import RunRecord, RunSummary
+from .records import RunRecord, RunSummary, WorkerStatus
 from .status_page import render_status_page
 
 
@@ -35,7 +36,7 @@ class ServiceView(Protocol):
     def admin_token(self) -> str | None: ...
     def health_problems(self) -> list[str]: ...
     def jobs_overview(self) -> list[dict[str, Any]]: ...
-    def workers(self) -> list[dict[str, Any]]: ...
+    def workers(self) -> list[WorkerStatus]: ...
     def runs(self, job_type: str | None, limit: int, offset: int) -> list[RunRecord]: ...
     def recent_failures(self, limit: int = 10) -> list[RunRecord]: ...
     async def run_now(self, job_type: str) -> RunSummary | str: ...
@@ -116,7 +117,7 @@ def status_page(view: View) -> HTMLResponse:
         view.health_problems(),
         view.is_leader,
         view.recent_failures(),
-        view.workers(),
+        [dataclasses.asdict(worker) for worker in view.workers()],
     )
     return HTMLResponse(page)
 
@@ -148,22 +149,9 @@ def jobs(view: View) -> list[dict[str, Any]]:
     return view.jobs_overview()
 
 
-class WorkerView(BaseModel):
-    """One worker process (process mode): its state, load, memory and a blocked loop."""
-
-    index: int
-    pid: int
-    state: str
-    runs: int
-    rss_bytes: int
-    blocked_job: str | None
-    blocked_seconds: float
-    blocked_where: str | None
-
-
 @reads.get("/api/workers", summary="The worker processes (empty in inline mode or on a standby)")
-def workers(view: View) -> list[WorkerView]:
-    return [WorkerView(**worker) for worker in view.workers()]
+def workers(view: View) -> list[WorkerStatus]:
+    return view.workers()
 
 
 @reads.get(

@@ -4,7 +4,6 @@ health, job states, workers, run history, and the operator's run now / pause / r
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -17,7 +16,7 @@ from .catalog import JobCatalog
 from .errors import NotActiveError, UnknownJobTypeError
 from .history import RunHistory
 from .metrics import SchedulerMetrics
-from .records import Outcome, RunRecord, RunSummary, utcnow
+from .records import Outcome, RunRecord, RunSummary, WorkerStatus, utcnow
 from .settings import ServiceSettings
 from .status import Health, health_problems, jobs_overview
 
@@ -68,10 +67,9 @@ class ServiceOperations:
             role.quarantine.quarantined if role else {},
         )
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> list[WorkerStatus]:
         role = self._service.role
-        statuses = role.backend.statuses() if role else []
-        return [dataclasses.asdict(status) for status in statuses]
+        return role.backend.statuses() if role else []
 
     def runs(self, job_type: str | None, limit: int, offset: int) -> list[RunRecord]:
         if job_type is not None:
