@@ -48,9 +48,6 @@ class Quarantine:
     def reason(self, job_type: str) -> str | None:
         return self._reasons.get(job_type)
 
-    def streak(self, job_type: str) -> int:
-        return self._streaks.get(job_type, 0)
-
     def attempt_ended(self, job_type: str, result: BodyResult) -> None:
         if not result.killed_worker:
             if self._streaks.get(job_type):
