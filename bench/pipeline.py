@@ -31,6 +31,7 @@ from scheduler.database import create_database_engine
 from scheduler.history import DurableStarts, HistoryWriter, migrate
 from scheduler.job_config import resolve_job_configs
 from scheduler.job_state import JobStates
+from scheduler.leadership import sole_term
 from scheduler.logs import configure_logging
 from scheduler.metrics import SchedulerMetrics, ServiceStatus
 from scheduler.slots import PrioritySlots
@@ -56,7 +57,7 @@ async def _per_run_seconds(
     if history_url is not None:
         engine = create_database_engine(history_url)
         migrate(engine)
-        writer = HistoryWriter(engine)
+        writer = HistoryWriter(engine, sole_term(engine, "bench"))
         history = DurableStarts(writer, asyncio.get_running_loop())
     coordinator = RunCoordinator(
         resolve_job_configs(JobRegistry.list_jobs(), {}).jobs,

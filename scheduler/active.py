@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_RUNNING
 from sqlalchemy import Engine
 
 from .backends import ExecutionBackend, InlineBackend
@@ -27,9 +28,10 @@ from .handoff import LoopExecutor
 from .history import INTERRUPTED_BY_CRASH, DurableStarts, HistoryWriter, RunHistory
 from .job_state import JobStates
 from .jobstore import GroupedSQLAlchemyJobStore
+from .leadership import Leadership
 from .quarantine import Quarantine
 from .reconcile import desired_job, reconcile
-from .records import RunRecord, SkipReason, Trigger, utcnow
+from .records import Outcome, RunRecord, SkipReason, StartRefusal, Trigger, utcnow
 from .settings import ServiceSettings
 from .slots import PrioritySlots
 from .worker_pool import PoolObserver, PoolOptions, ProcessBackend
@@ -79,7 +81,9 @@ class ActiveRole:
         writer: HistoryWriter,
         observer: Observer,
         instance: str,
+        leadership: Leadership,
     ) -> ActiveRole:
+        """Build the role for a term just won: every win recovers what the last term left."""
         loop = asyncio.get_running_loop()
         history = RunHistory(engine)
         interrupted = await asyncio.to_thread(
@@ -100,8 +104,9 @@ class ActiveRole:
             not_loaded={f.path.name: f.error for f in catalog.failures},
             observer=observer,
             quarantine=quarantine,
+            gate=functools.partial(_gate, leadership),
         )
-        store = GroupedSQLAlchemyJobStore(engine)
+        store = GroupedSQLAlchemyJobStore(engine, leadership.fence)
         scheduler = _scheduler(store, coordinator, loop)
         await asyncio.to_thread(scheduler.start, paused=True)
         not_loaded = await asyncio.to_thread(_reconcile, scheduler, settings, catalog)
@@ -138,14 +143,17 @@ class ActiveRole:
         return role
 
     def rerun_interrupted(self, interrupted: list[RunRecord], catalog: JobCatalog) -> None:
-        """Close out runs a dead process left behind; run the idempotent ones again."""
+        """Close out runs a dead process left behind, and those cut off at a shutdown; run the
+        idempotent ones again."""
         seen: set[str] = set()
         for record in interrupted:
             job = catalog.jobs.get(record.job_type)
             rerun = job is not None and job.config.idempotent and record.run_id not in seen
             rerun = rerun and self.quarantine.reason(record.job_type) is None
             log.warning(
-                "run was interrupted by a stopped process",
+                "run was interrupted by a stopped process"
+                if record.outcome == Outcome.RUNNING
+                else "run was cut off at the last shutdown",
                 job_type=record.job_type,
                 run_id=record.run_id,
                 attempt=record.attempt,
@@ -235,10 +243,31 @@ async def _quarantine(
     return quarantine, changed
 
 
+def _gate(leadership: Leadership) -> StartRefusal | None:
+    """Whether a run may start: the term is current and its lease recently renewed."""
+    if leadership.fence.epoch is None:
+        return StartRefusal.NOT_LEADER
+    return None if leadership.lease_valid() else StartRefusal.LEASE_EXPIRED
+
+
+class FencedScheduler(BackgroundScheduler):  # type: ignore[misc]
+    """APScheduler's background scheduler, processing due jobs only while running.
+
+    APScheduler 3 processes the due jobs once more after `shutdown()` (its loop checks the state
+    only after the wakeup's processing), and that round would run slots a stopping or demoted
+    instance must not run, and move their next run times past them."""
+
+    def _process_jobs(self) -> float | None:
+        if self.state != STATE_RUNNING:
+            return None
+        wait: float | None = super()._process_jobs()
+        return wait
+
+
 def _scheduler(
     store: GroupedSQLAlchemyJobStore, coordinator: RunCoordinator, loop: asyncio.AbstractEventLoop
 ) -> Any:
-    scheduler = BackgroundScheduler(
+    scheduler = FencedScheduler(
         jobstores={"default": store},
         executors={"default": LoopExecutor(loop, coordinator)},
         timezone=UTC,

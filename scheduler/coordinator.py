@@ -29,6 +29,7 @@ from .records import (
     RunRecord,
     RunSummary,
     SkipReason,
+    StartRefusal,
     Trigger,
     new_run_id,
     summarize_error,
@@ -44,8 +45,9 @@ RETRY_JITTER = 0.25
 
 
 class HistorySink(Protocol):
-    async def started(self, record: RunRecord) -> None:
-        """Record the attempt as running; return once the record is safe (see DurableStarts)."""
+    async def started(self, record: RunRecord) -> StartRefusal | None:
+        """Record the attempt as running; return once the record is safe (see DurableStarts),
+        or why it was refused (the attempt must not start)."""
 
     def finished(self, record: RunRecord) -> None: ...
     def recorded(self, record: RunRecord) -> None: ...
@@ -81,14 +83,22 @@ class NoObserver:
 class NoHistory:
     """For one-off runs outside the service (`scheduler run-job`): records nothing."""
 
-    async def started(self, record: RunRecord) -> None:
-        pass
+    async def started(self, record: RunRecord) -> StartRefusal | None:
+        return None
 
     def finished(self, record: RunRecord) -> None:
         pass
 
     def recorded(self, record: RunRecord) -> None:
         pass
+
+
+def always_open() -> StartRefusal | None:
+    return None
+
+
+class _NotLeader(Exception):
+    """The attempt was refused because this instance's leadership term has ended."""
 
 
 def retry_delay(base: float, retry: int, rng: Callable[[], float] = random.random) -> float:
@@ -113,6 +123,7 @@ class RunCoordinator:
         not_loaded: Mapping[str, str] | None = None,
         check_dependencies: bool = True,
         observer: RunObserver | None = None,
+        gate: Callable[[], StartRefusal | None] = always_open,
     ) -> None:
         self._jobs = jobs
         self._history = history
@@ -127,10 +138,18 @@ class RunCoordinator:
         self._order_locks = {
             job_type: asyncio.Lock() for job_type, job in jobs.items() if job.config.preserve_order
         }
+        self._gate = gate  # whether this instance may start runs now (its leadership term)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
+        self._closed = False
         #: Job types an operator paused: runs already handed over are skipped as `paused`.
         self.paused: set[str] = set()
+        #: Attempts of idempotent jobs cut off by `drain`: the next start runs them again.
+        self.cut_off: list[tuple[str, int]] = []
+
+    def close(self) -> None:
+        """Start no more attempts (at a stop or a demotion); those in progress go on."""
+        self._closed = True
 
     @property
     def active_runs(self) -> int:
@@ -238,6 +257,15 @@ class RunCoordinator:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def missed(self, job_type: str, count: int, first: datetime, latest: datetime) -> None:
+        """Record slots that passed unrun (an outage, a lock, a pause), as one row."""
+        why = (
+            f"{count} scheduled run(s) from {first.isoformat()} until {latest.isoformat()} did "
+            "not happen: the scheduler could not run them then (stopped, paused, or its "
+            "database unreachable or locked); only the one due at the latest time runs"
+        )
+        self.skip(job_type, SkipReason.MISSED, why, first)
+
     def skip(
         self,
         job_type: str,
@@ -273,6 +301,7 @@ class RunCoordinator:
         interrupted). Runs waiting to retry end at once: their last attempt is recorded, and
         a retry would outlive the process. Returns how many had to be cancelled."""
         self._stopping.set()
+        self._closed = True
         pending = {task for task in self._tasks if not task.done()}
         if pending:
             _, pending = await asyncio.wait(pending, timeout=grace_seconds)
@@ -322,6 +351,11 @@ class RunCoordinator:
             summary = await self._attempts(job, run_id, scheduled_time, trigger)
             outcome, last_error = summary.outcome, summary.error
             return summary
+        except _NotLeader:
+            outcome = Outcome.SKIPPED
+            why = "not started: this instance's leadership term ended (another instance leads)"
+            log.warning("run not started", why=why)
+            return RunSummary(run_id, job_type, Outcome.SKIPPED, 0, None, why)
         finally:
             if outcome == Outcome.SKIPPED:
                 self._states.not_started(job_type)
@@ -366,6 +400,24 @@ class RunCoordinator:
                     run_id, job.job_type, Outcome(record.outcome), attempt, None, record.error
                 )
 
+    def _refusal(self) -> StartRefusal | str | None:
+        """Why no attempt may start now, if none may."""
+        if self._closed:
+            return "stopping"
+        return self._gate()
+
+    def _refused(self, record: RunRecord, refusal: StartRefusal | str) -> RunRecord:
+        """An attempt the history or the gate refused: the record of a skip, or `_NotLeader`
+        (a leader whose term ended records nothing: the slot is its successor's)."""
+        if refusal == StartRefusal.NOT_LEADER:
+            raise _NotLeader()
+        record.finished_at = utcnow()
+        record.outcome = Outcome.SKIPPED
+        slot = refusal == StartRefusal.SLOT_TAKEN
+        record.skip_reason = SkipReason.ALREADY_RUN if slot else SkipReason.MISSED
+        record.error = _refusal_text(refusal)
+        return record
+
     async def _stopped_within(self, seconds: float) -> bool:
         """Sleep `seconds` (a retry's delay) unless the coordinator is drained first."""
         with contextlib.suppress(TimeoutError):
@@ -407,7 +459,10 @@ class RunCoordinator:
             scheduled_at=context.scheduled_time,
             instance=self._instance,
         )
-        await self._history.started(record)  # no work without a trace of it
+        refusal = self._refusal() or await self._history.started(record)  # no work untraced
+        refusal = refusal or self._refusal()  # the wait for the row may have outlived the term
+        if refusal is not None:
+            return self._refused(record, refusal), False, False
         record.started_at = utcnow()  # the body starts now: lag and duration count from here
         lag = _lag_seconds(record)
         log.info("run started", trigger=trigger, lag_seconds=lag)
@@ -417,6 +472,9 @@ class RunCoordinator:
         except asyncio.CancelledError:
             record.outcome = Outcome.INTERRUPTED
             record.error = "cancelled: the scheduler was shutting down"
+            if job.config.idempotent and self._stopping.is_set():
+                record.error += "; it runs again at the next start"
+                self.cut_off.append((record.run_id, record.attempt))
             record.finished_at = utcnow()
             self._observer.attempt_finished(record)
             self._history.finished(record)
@@ -433,6 +491,16 @@ class RunCoordinator:
         self._quarantine.attempt_ended(job.job_type, result)
         bystander = result.outcome == Outcome.CRASHED and not result.killed_worker
         return record, _retryable(result, job.config.idempotent), bystander
+
+
+def _refusal_text(refusal: StartRefusal | str) -> str:
+    texts: dict[StartRefusal | str, str] = {
+        StartRefusal.SLOT_TAKEN: "this scheduled slot's first attempt is already in the run "
+        "history (the slot was handed over again, e.g. after a restart): it is not run twice",
+        StartRefusal.LEASE_EXPIRED: "not started: the leadership lease could not be renewed "
+        "(database unreachable or locked)",
+    }
+    return texts.get(refusal, "not started: the scheduler is stopping")
 
 
 def _retryable(result: BodyResult, idempotent: bool) -> bool:

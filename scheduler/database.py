@@ -25,8 +25,8 @@ from sqlalchemy.types import TypeEngine
 from .errors import ConfigurationError
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
-#: UPDATE ... FROM (3.33) and the JSON functions, which the batch writes use
-SQLITE_MINIMUM = (3, 33, 0)
+#: UPDATE ... FROM (3.33), RETURNING (3.35) and the JSON functions, which the batch writes use
+SQLITE_MINIMUM = (3, 35, 0)
 
 
 def normalize_url(url: str) -> URL:
@@ -58,20 +58,23 @@ def redact(url: str | URL) -> str:
         return re.sub(r"//[^@/]*@", "//***@", str(url))
 
 
-def create_database_engine(url: str, **options: Any) -> Engine:
-    """An engine for `url`, creating the SQLite file's directory when needed."""
+def create_database_engine(
+    url: str, *, busy_timeout_seconds: float = SQLITE_BUSY_TIMEOUT_SECONDS, **options: Any
+) -> Engine:
+    """An engine for `url`, creating the SQLite file's directory when needed. On SQLite a
+    write waits up to `busy_timeout_seconds` for another writer."""
     parsed = normalize_url(url)
     if is_sqlite(parsed) and (problem := sqlite_problem()) is not None:
         raise ConfigurationError([problem])
     path = sqlite_path(parsed)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        options.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_SECONDS)
+        options.setdefault("connect_args", {}).setdefault("timeout", busy_timeout_seconds)
     else:
         options.setdefault("pool_pre_ping", True)
     engine = create_engine(parsed, **options)
     if is_sqlite(parsed):
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, busy_timeout_seconds))
     return engine
 
 
@@ -101,11 +104,11 @@ def _linked_sqlite_has_json() -> bool:
     return True
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(busy_timeout_seconds: float, dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_seconds * 1000)}")
     cursor.close()
 
 
@@ -149,9 +152,12 @@ class BatchStatement:
                 rows=f"SELECT {unpacked} FROM json_array_elements(%s::json) AS batch(value)"
             )
 
-    def execute(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            connection.exec_driver_sql(self.sql, (_json_array(self._converted(rows)),))
+    def execute(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run the statement over `rows`; the rows it returns (with RETURNING), if any."""
+        if not rows:
+            return []
+        result = connection.exec_driver_sql(self.sql, (_json_array(self._converted(rows)),))
+        return list(result) if result.returns_rows else []
 
     def _converted(self, rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
         """`rows` with the dialect's conversions applied, a column at a time."""

@@ -48,3 +48,11 @@ class NotActiveError(SchedulerError):
 
 class DiscoveryError(SchedulerError):
     """The tasks folder itself cannot be used (missing, not a directory)."""
+
+
+class StoredJobError(SchedulerError):
+    """A row of the job store is not a job this service wrote: unreadable, foreign or tampered."""
+
+
+class StaleLeadershipError(SchedulerError):
+    """This instance's leadership term has ended: another instance took over (fencing)."""

@@ -31,12 +31,17 @@ class LoopExecutor(BaseExecutor):  # type: ignore[misc]
         super().__init__()
         self._loop = loop
         self._coordinator = coordinator
-        self._queue: collections.deque[tuple[Any, list[datetime]]] = collections.deque()
+        self._queue: collections.deque[tuple[Any, list[datetime], int, Any]] = collections.deque()
         self._wake_lock = threading.Lock()
         self._wake_pending = False
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        self._queue.append((job, run_times))
+        # Coalescing hands over only the latest of the slots that passed; count the others
+        # (the job's next run time is still the earliest of them here), for the history.
+        missed = 0
+        if run_times[0] != job.next_run_time:
+            missed = len(job._get_run_times(run_times[-1])) - len(run_times)
+        self._queue.append((job, run_times, missed, job.next_run_time))
         with self._wake_lock:
             if self._wake_pending:
                 return
@@ -48,7 +53,9 @@ class LoopExecutor(BaseExecutor):  # type: ignore[misc]
         with self._wake_lock:
             self._wake_pending = False  # before draining: a later submission wakes us again
         while self._queue:
-            job, run_times = self._queue.popleft()
+            job, run_times, missed, first = self._queue.popleft()
+            if missed > 0:
+                self._coordinator.missed(job.id, missed, first, run_times[-1])
             task = self._coordinator.start_due(
                 job.id, run_times, job.misfire_grace_time, job.kwargs.get("task_file")
             )

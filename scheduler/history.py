@@ -19,6 +19,7 @@ import heapq
 import operator
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -29,72 +30,36 @@ import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
+    Connection,
     Engine,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
     and_,
     delete,
-    false,
     func,
     not_,
     or_,
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from .database import BatchStatement
-from .records import FINISHED, NOT_EXECUTING_MARK, Outcome, RunRecord
+from .errors import StaleLeadershipError
+from .leadership import Fence
+from .records import (
+    ERROR_SUMMARY_LIMIT,
+    FINISHED,
+    NOT_EXECUTING_MARK,
+    Outcome,
+    RunRecord,
+    StartRefusal,
+    clean_text,
+)
+from .tables import quarantines, runs
 
 log = structlog.get_logger(__name__)
 
-VERSION_TABLE = "scheduler_alembic_version"
-
-metadata = MetaData()
-runs = Table(
-    "scheduler_runs",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("run_id", String(32), nullable=False),
-    Column("attempt", Integer, nullable=False),
-    Column("job_type", String(191), nullable=False),
-    Column("trigger", String(16), nullable=False),
-    Column("scheduled_at", DateTime(timezone=True), nullable=True),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True), nullable=True),
-    Column("outcome", String(16), nullable=False),
-    Column("skip_reason", String(32), nullable=True),
-    Column("error", Text, nullable=True),
-    Column("items_succeeded", Integer, nullable=False, server_default="0"),
-    Column("items_failed", Integer, nullable=False, server_default="0"),
-    Column("dead_letter", Boolean, nullable=False, server_default=false()),
-    Column("instance", String(255), nullable=False),
-    UniqueConstraint("run_id", "attempt", name="uq_scheduler_runs_run_attempt"),
-    Index("ix_scheduler_runs_job_type_id", "job_type", "id"),
-    Index("ix_scheduler_runs_outcome", "outcome"),
-    Index("ix_scheduler_runs_started_at", "started_at"),
-)
-
-#: Jobs taken out of the schedule because their runs kept killing their worker (quarantine.py).
-#: A row stays when lifted (`lifted_at`): crash streaks count only attempts after it.
-quarantines = Table(
-    "scheduler_quarantine",
-    metadata,
-    Column("job_type", String(191), primary_key=True),
-    Column("reason", Text, nullable=False),
-    Column("task_file_digest", String(64), nullable=False),
-    Column("quarantined_at", DateTime(timezone=True), nullable=False),
-    Column("lifted_at", DateTime(timezone=True), nullable=True),
-)
-
+#: A write that has waited this long is a stall (reported once, and runs stop waiting for it).
+STALL_SECONDS = 5.0
 #: The error text of attempts closed at start-up because the process running them died.
 INTERRUPTED_BY_CRASH = "the scheduler process stopped during this run (killed or crashed)"
 #: How the hard timeout's record begins (worker_pool): such an attempt killed its worker.
@@ -117,8 +82,11 @@ def utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
+_RECORD_FIELDS = frozenset(f.name for f in fields(RunRecord))
+
+
 def record_from_row(row: Any) -> RunRecord:
-    values = dict(row._mapping)
+    values = {k: v for k, v in row._mapping.items() if k in _RECORD_FIELDS}
     for key in ("scheduled_at", "started_at", "finished_at"):
         values[key] = utc(values[key])
     return RunRecord(**values)
@@ -133,33 +101,79 @@ class HistoryWriter:
 
     Every write gets a ticket (1, 2, ...); tickets are committed in order, so "ticket n is
     written" is `written >= n`. Listeners hear of every commit and of every failed one.
+
+    A `running` row (an attempt about to start) is inserted only while this instance's
+    leadership term is current, checked in the same transaction (`Fence`), and only if its slot
+    has no first attempt yet (a unique index): a refused start is reported by `refusal`, and
+    its attempt does not run. Rows are written as a batch; a batch the database refuses for its
+    content (not for an outage) is written row by row, and a row that still fails is logged and
+    counted (`dropped`), never retried forever.
     """
 
-    def __init__(self, engine: Engine, *, max_batch: int = 1000, retry_seconds: float = 0.5):
+    def __init__(
+        self,
+        engine: Engine,
+        fence: Fence,
+        *,
+        max_batch: int = 1000,
+        retry_seconds: float = 0.5,
+        stall_seconds: float = STALL_SECONDS,
+    ):
         self._engine = engine
+        self._fence = fence
         self._max_batch = max_batch
         self._retry_seconds = retry_seconds
+        self._stall_seconds = stall_seconds
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._progress = threading.Condition()
         self._submitted = 0
         self._written = 0
+        self._refused: dict[int, StartRefusal] = {}
         self._listeners: list[Callable[[], None]] = []
         self._stopping = threading.Event()
         self._healthy = True
+        self._busy_since: float | None = None  # time.monotonic() the current write began
+        self._stall_reported = False
+        #: Rows the database refused even alone (logged each).
+        self.dropped = 0
         self._upsert = _upsert_statement(engine)
+        self._insert_starts = _insert_starts_statement(engine)
         self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
         self._thread.start()
 
     @property
     def healthy(self) -> bool:
-        """False while writes are failing (the database is unreachable), or if the writer
-        thread is gone."""
-        return self._healthy and self._thread.is_alive()
+        """False while writes are failing (the database is unreachable) or stalled (a write
+        has waited longer than `stall_seconds`, e.g. on a SQLite file another process locks),
+        or if the writer thread is gone."""
+        return self._healthy and not self.stalled and self._thread.is_alive()
+
+    @property
+    def stalled(self) -> bool:
+        busy_since = self._busy_since
+        return busy_since is not None and time.monotonic() - busy_since > self._stall_seconds
+
+    def check_stall(self) -> None:
+        """Report a stalled write once (called by the heartbeat), and let waiting runs go."""
+        if self.stalled and not self._stall_reported:
+            self._stall_reported = True
+            busy_since = self._busy_since or time.monotonic()
+            log.error(
+                "run history write stalled: the database does not answer (locked by another "
+                "process, or overloaded)",
+                waiting_seconds=round(time.monotonic() - busy_since, 1),
+                queued=self._submitted - self._written,
+            )
+            self._notify()
 
     @property
     def written(self) -> int:
         """The highest ticket committed so far."""
         return self._written
+
+    def refusal(self, ticket: int) -> StartRefusal | None:
+        """Why the `running` row of `ticket` was refused, once it is written (asked once)."""
+        return self._refused.pop(ticket, None)
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener` (on the writer thread) after each commit and each failed attempt."""
@@ -169,6 +183,9 @@ class HistoryWriter:
         """Store the record as it is now (a later write of the same attempt replaces it);
         its ticket."""
         row = _row_of(record)
+        error = record.error  # clean already, unless a caller built it by hand
+        if error is not None and (len(error) > ERROR_SUMMARY_LIMIT or not error.isascii()):
+            row = (*row[:_ERROR], clean_text(error), *row[_ERROR + 1 :])
         with self._progress:  # the ticket and the queue position must agree
             self._submitted += 1
             ticket = self._submitted
@@ -201,12 +218,20 @@ class HistoryWriter:
                     self._queue.put(None)
                     break
                 batch.append(item)
+            self._busy_since = time.monotonic()
             try:
-                self._write_until_done(batch)
+                refused = self._write_until_done(batch)
             except Exception:  # a bug of ours, not an outage: never the end of the writer
                 log.exception("run history batch failed; writing its rows one by one")
-                self._write_one_by_one(batch)
+                refused = self._write_one_by_one(batch)
+            self._busy_since = None
+            if self._stall_reported:
+                log.info("run history writes flow again")
+                self._stall_reported = False
             with self._progress:
+                first_ticket = self._written + 1
+                for index, why in refused.items():
+                    self._refused[first_ticket + index] = why
                 self._written += len(batch)
                 self._progress.notify_all()
             self._notify()
@@ -218,54 +243,88 @@ class HistoryWriter:
             except Exception:
                 log.exception("run history listener failed")
 
-    def _write_one_by_one(self, batch: list[tuple[Any, ...]]) -> None:
-        """Each row in a transaction of its own: a row that still fails is logged and dropped,
-        so that it cannot hold back the others."""
-        for row in batch:
-            try:
-                with self._engine.begin() as connection:
-                    self._upsert.execute(connection, [row])
-            except Exception as error:
-                log.error(
-                    "run history row dropped: it cannot be written",
-                    run_id=str(row[0]),
-                    attempt=str(row[1]),
-                    error=f"{type(error).__name__}: {error}",
-                )
-
-    def _write_until_done(self, batch: list[tuple[Any, ...]]) -> None:
-        # A row is upserted whole; a later state of the same attempt replaces an earlier one
-        # (PostgreSQL refuses to touch a row twice in one statement).
-        rows = list({row[:2]: row for row in batch}.values())  # keyed by (run_id, attempt)
+    def _write_until_done(self, batch: list[tuple[Any, ...]]) -> dict[int, StartRefusal]:
+        """Write the batch, retrying while the database is unreachable; the refused starts,
+        by their index in the batch."""
         delay = self._retry_seconds
         while True:
             try:
                 with self._engine.begin() as connection:
-                    self._upsert.execute(connection, rows)
-            except IntegrityError as error:  # a bug, not an outage: retrying cannot help
-                log.error("run history batch rejected", error=str(error), rows=len(batch))
-                return
-            except SQLAlchemyError as error:
+                    refused = self._write(connection, batch)
+            except (OperationalError, InterfaceError) as error:  # an outage: wait and retry
                 if self._healthy:
                     log.warning("run history write failed; retrying", error=str(error))
                     self._healthy = False
                     self._notify()  # runs waiting for their row go ahead meanwhile
                 if self._stopping.wait(delay):
                     log.error("run history not written at shutdown", rows=len(batch))
-                    return
+                    return {}
                 delay = min(delay * 2, 5.0)
                 continue
+            except SQLAlchemyError as error:  # the content: no retry of the batch can help
+                log.warning("run history batch refused; writing it row by row", error=str(error))
+                return self._write_one_by_one(batch)
             if not self._healthy:
                 log.info("run history writes recovered")
             self._healthy = True
-            return
+            return refused
+
+    def _write(
+        self, connection: Connection, batch: list[tuple[Any, ...]]
+    ) -> dict[int, StartRefusal]:
+        # A row is upserted whole; a later state of the same attempt replaces an earlier one
+        # (PostgreSQL refuses to touch a row twice in one statement), so a start and an end in
+        # one batch (runs that did not wait for their row, in an outage) are written as the end.
+        latest = {row[:2]: index for index, row in enumerate(batch)}  # (run_id, attempt)
+        starts = [i for i in latest.values() if batch[i][_OUTCOME] == Outcome.RUNNING]
+        ends = [batch[i] for i in latest.values() if batch[i][_OUTCOME] != Outcome.RUNNING]
+        refused: dict[int, StartRefusal] = {}
+        if starts:
+            try:
+                self._fence.check(connection)
+            except StaleLeadershipError:
+                refused = dict.fromkeys(starts, StartRefusal.NOT_LEADER)
+            else:
+                inserted = {
+                    (run_id, attempt)
+                    for run_id, attempt in self._insert_starts.execute(
+                        connection, [batch[i] for i in starts]
+                    )
+                }
+                refused = {
+                    i: StartRefusal.SLOT_TAKEN for i in starts if batch[i][:2] not in inserted
+                }
+        self._upsert.execute(connection, ends)
+        return refused
+
+    def _write_one_by_one(self, batch: list[tuple[Any, ...]]) -> dict[int, StartRefusal]:
+        """Each row in a transaction of its own: a row that still fails is logged, counted and
+        dropped, so that it cannot hold back the others (a start dropped so is refused)."""
+        refused: dict[int, StartRefusal] = {}
+        for index, row in enumerate(batch):
+            try:
+                with self._engine.begin() as connection:
+                    for why in self._write(connection, [row]).values():
+                        refused[index] = why
+            except Exception as error:
+                self.dropped += 1
+                if row[_OUTCOME] == Outcome.RUNNING:
+                    refused[index] = StartRefusal.SLOT_TAKEN
+                log.error(
+                    "run history row dropped: it cannot be written",
+                    run_id=str(row[0]),
+                    attempt=str(row[1]),
+                    error=clean_text(f"{type(error).__name__}: {error}"),
+                )
+        return refused
 
 
 class DurableStarts:
     """The asyncio loop's side of a `HistoryWriter`, for the run coordinator.
 
     `started` returns once the attempt's `running` row is committed, or at once while writes
-    are failing. The writer wakes the loop once per commit, not once per run.
+    are failing, with the refusal if the row was refused. The writer wakes the loop once per
+    commit, not once per run.
     """
 
     def __init__(self, writer: HistoryWriter, loop: asyncio.AbstractEventLoop) -> None:
@@ -274,13 +333,15 @@ class DurableStarts:
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []  # heap by ticket
         writer.add_listener(self._wake)
 
-    async def started(self, record: RunRecord) -> None:
+    async def started(self, record: RunRecord) -> StartRefusal | None:
+        """None once the row is committed (or at once while writes fail); else why the
+        history refused it, and the attempt must not start."""
         ticket = self._writer.write(record)
-        if self._writer.written >= ticket or not self._writer.healthy:
-            return
-        future = self._loop.create_future()
-        heapq.heappush(self._waiting, (ticket, future))
-        await future
+        if self._writer.written < ticket and self._writer.healthy:
+            future = self._loop.create_future()
+            heapq.heappush(self._waiting, (ticket, future))
+            await future
+        return self._writer.refusal(ticket)
 
     def finished(self, record: RunRecord) -> None:
         self._writer.write(record)
@@ -302,8 +363,22 @@ class DurableStarts:
 
 _ROW_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name != "id")
 assert _ROW_FIELDS[:2] == ("run_id", "attempt")
+_OUTCOME = _ROW_FIELDS.index("outcome")
+_ERROR = _ROW_FIELDS.index("error")
 #: A record's values as a tuple in one C call, for the row written.
 _row_of = operator.attrgetter(*_ROW_FIELDS)
+
+
+def _insert_starts_statement(engine: Engine) -> BatchStatement:
+    """Insert `running` rows, skipping any the unique indexes refuse (a slot already run);
+    returns (run_id, attempt) of those inserted."""
+    quote = engine.dialect.identifier_preparer.quote
+    columns = ", ".join(quote(name) for name in _ROW_FIELDS)
+    sql = (
+        f"INSERT INTO {quote(runs.name)} ({columns}) {{rows}} "
+        f"ON CONFLICT DO NOTHING RETURNING {quote('run_id')}, {quote('attempt')}"
+    )
+    return BatchStatement(sql, [runs.c[name].type for name in _ROW_FIELDS], engine.dialect)
 
 
 def _upsert_statement(engine: Engine) -> BatchStatement:
@@ -380,17 +455,38 @@ class RunHistory:
         }
 
     def mark_interrupted(self, now: datetime, reason: str) -> list[RunRecord]:
-        """Close every attempt left `running` by a process that is gone; return them."""
+        """Close every attempt left `running` by a process that is gone, and take the runs
+        cut off at a shutdown that were left to run again (`mark_for_rerun`); return both."""
+        pending = or_(runs.c.outcome == Outcome.RUNNING, runs.c.rerun_pending.is_(True))
         with self._engine.begin() as connection:
-            rows = connection.execute(select(runs).where(runs.c.outcome == Outcome.RUNNING))
+            rows = connection.execute(select(runs).where(pending).order_by(runs.c.id))
             records = [record_from_row(row) for row in rows]
-            if records:
+            left_running = [r.id for r in records if r.outcome == Outcome.RUNNING]
+            if left_running:
                 connection.execute(
                     update(runs)
-                    .where(runs.c.id.in_([record.id for record in records]))
+                    .where(runs.c.id.in_(left_running))
                     .values(outcome=Outcome.INTERRUPTED, finished_at=now, error=reason)
                 )
+            cut_off = [r.id for r in records if r.outcome != Outcome.RUNNING]
+            if cut_off:
+                connection.execute(
+                    update(runs).where(runs.c.id.in_(cut_off)).values(rerun_pending=False)
+                )
         return records
+
+    def mark_for_rerun(self, attempts: Sequence[tuple[str, int]]) -> int:
+        """Flag these attempts (run id, attempt), cut off at shutdown, for the next start;
+        how many were found."""
+        flagged = 0
+        with self._engine.begin() as connection:
+            for run_id, attempt in attempts:
+                flagged += connection.execute(
+                    update(runs)
+                    .where(runs.c.run_id == run_id, runs.c.attempt == attempt)
+                    .values(rerun_pending=True)
+                ).rowcount
+        return flagged
 
     def crash_streaks(
         self, since: dict[str, datetime], *, scheduler_deaths: bool = False

@@ -11,9 +11,14 @@ logic, bound a persistent scheduler. The active instance is the store's only wri
   at most once per `flush_seconds` (a burst of wakeups shares one commit). The window this
   opens is `flush_seconds`: a kill inside it leaves the older next run time in the table, so
   the job runs once more after a restart, never less;
-- when a wakeup only moved a job's next run time, only that column is written; the pickled
-  state is rewritten when anything else changed (the stored state's own next run time is then
-  stale, so loading takes the column's).
+- when a wakeup only moved a job's next run time, only that column is written; the state is
+  rewritten when anything else changed (the stored state's own next run time is then stale, so
+  loading takes the column's).
+
+A job's state is stored as validated JSON (job_codec.py), never as a pickle: a row must not be
+able to run code. A row that cannot be read is set aside (moved to `scheduler_jobs_set_aside`
+with the reason, never deleted) and the job is rebuilt from its task file. Every write is fenced
+(leadership.Fence): a leader whose term has ended writes nothing.
 
 APScheduler 3 also lets an exception from `update_job` or `get_next_run_time` escape its loop
 and kill the scheduler thread (a silent stall while the database is away). Neither raises here:
@@ -24,7 +29,6 @@ from memory.
 from __future__ import annotations
 
 import heapq
-import pickle
 import threading
 import time
 from collections.abc import Iterable
@@ -32,15 +36,28 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from apscheduler.job import Job
+from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
-from sqlalchemy import Engine, and_, bindparam, select
+from sqlalchemy import (
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    select,
+)
+from sqlalchemy.exc import IntegrityError
 
+from . import job_codec
 from .database import BatchStatement
+from .errors import StoredJobError
+from .leadership import Fence
+from .records import utcnow
+from .tables import JOBS_TABLE, set_aside_jobs
 
 log = structlog.get_logger(__name__)
 
-JOBS_TABLE = "scheduler_jobs"
 FLUSH_SECONDS = 0.1
 
 
@@ -100,9 +117,15 @@ class DueIndex:
 
 class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
     def __init__(
-        self, engine: Engine, *, retry_seconds: float = 1.0, flush_seconds: float = FLUSH_SECONDS
+        self,
+        engine: Engine,
+        fence: Fence,
+        *,
+        retry_seconds: float = 1.0,
+        flush_seconds: float = FLUSH_SECONDS,
     ) -> None:
         super().__init__(engine=engine, tablename=JOBS_TABLE)
+        self._fence = fence
         self._pending: dict[str, dict[str, Any]] = {}
         self._pending_times: dict[str, tuple[str, float]] = {}  # job id -> (id, next time)
         self._cache: dict[str, Any] = {}  # job id -> Job, as last written or read
@@ -146,7 +169,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
             self._pending[job.id] = {
                 "job_id": job.id,
                 "next_time": next_time,
-                "state": pickle.dumps(job.__getstate__(), self.pickle_protocol),
+                "state": job_codec.encode(job.__getstate__()),
             }
             self._written_state[job.id] = state
 
@@ -157,6 +180,7 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
                 return
             self._next_flush = time.monotonic() + self._retry_seconds  # if this one fails
             with self.engine.begin() as connection:
+                self._fence.check(connection)
                 if self._pending:  # rare: a job's settings changed
                     connection.execute(self._update, list(self._pending.values()))
                 self._update_times.execute(connection, list(self._pending_times.values()))
@@ -214,8 +238,8 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         self._healthy_again()
 
     def _load(self, *conditions: Any) -> list[Any]:
-        """Jobs from the table, with the next run time of the column (the pickled one may be
-        stale), cached. A job whose state cannot be loaded is reported and skipped."""
+        """Jobs from the table, with the next run time of the column (the stored state's may be
+        stale), cached. A row that cannot be read is set aside."""
         table = self.jobs_t
         query = select(table.c.id, table.c.next_run_time, table.c.job_state).order_by(
             table.c.next_run_time
@@ -225,12 +249,12 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         jobs = []
         with self.engine.begin() as connection:
             rows = connection.execute(query).all()
+        unreadable: list[tuple[str, float | None, bytes, str]] = []
         for job_id, next_time, state in rows:
             try:
-                job = self._reconstitute_job(state)
-            except Exception as error:  # APScheduler would delete it; we keep the row
-                log.error("stored job cannot be loaded", job_id=job_id, error=str(error))
-                self._due.set(job_id, None)  # or it would be due on every wakeup
+                job = self._job_from_row(job_id, state)
+            except StoredJobError as error:  # APScheduler would delete it; we keep the row
+                unreadable.append((job_id, next_time, state, str(error)))
                 continue
             job.next_run_time = utc_timestamp_to_datetime(next_time)
             written = job.__getstate__()
@@ -238,7 +262,48 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
             self._written_state[job_id] = written
             self._cache[job_id] = job
             jobs.append(job)
+        if unreadable:
+            self._set_aside(unreadable)
         return jobs
+
+    def _job_from_row(self, job_id: str, data: bytes) -> Any:
+        state = job_codec.decode(bytes(data), job_id)
+        state["jobstore"] = self
+        job = Job.__new__(Job)
+        job.__setstate__(state)
+        job._scheduler = self._scheduler
+        job._jobstore_alias = self._alias
+        return job
+
+    def _reconstitute_job(self, job_state: bytes) -> Any:
+        raise StoredJobError("rows are read by _job_from_row, which knows their id")
+
+    def _set_aside(self, rows: list[tuple[str, float | None, bytes, str]]) -> None:
+        """Move unreadable rows out of the store, kept with why: the job is then rebuilt from
+        its task file, and the row stays for an operator to inspect."""
+        now = utcnow()
+        with self.engine.begin() as connection:
+            self._fence.check(connection)
+            for job_id, next_time, state, reason in rows:
+                connection.execute(
+                    set_aside_jobs.insert().values(
+                        job_id=job_id,
+                        next_run_time=None if next_time is None else repr(next_time),
+                        job_state=bytes(state),
+                        reason=reason,
+                        set_aside_at=now,
+                    )
+                )
+                connection.execute(delete(self.jobs_t).where(self.jobs_t.c.id == job_id))
+        for job_id, _, _, reason in rows:
+            self._due.set(job_id, None)
+            self.next_run_times.pop(job_id, None)
+            log.error(
+                "stored job set aside: it cannot be read; it is rebuilt from its task file",
+                job_id=job_id,
+                reason=reason,
+                table=set_aside_jobs.name,
+            )
 
     def forget_loaded_jobs(self) -> None:
         """Drop the in-memory jobs: after another instance may have written the store."""
@@ -266,7 +331,17 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
 
     def add_job(self, job: Any) -> None:
         self.flush()
-        super().add_job(job)
+        row = {
+            "id": job.id,
+            "next_run_time": datetime_to_utc_timestamp(job.next_run_time),
+            "job_state": job_codec.encode(job.__getstate__()),
+        }
+        with self.engine.begin() as connection:
+            self._fence.check(connection)
+            try:
+                connection.execute(self.jobs_t.insert().values(**row))
+            except IntegrityError:
+                raise ConflictingIdError(job.id) from None
         self.next_run_times[job.id] = job.next_run_time
         self._cache[job.id] = job
         self._due.set(job.id, datetime_to_utc_timestamp(job.next_run_time))
@@ -278,7 +353,11 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         with self._pending_lock:
             self._pending.pop(job_id, None)
             self._pending_times.pop(job_id, None)
-        super().remove_job(job_id)
+        with self.engine.begin() as connection:
+            self._fence.check(connection)
+            deleted = connection.execute(delete(self.jobs_t).where(self.jobs_t.c.id == job_id))
+        if deleted.rowcount == 0:
+            raise JobLookupError(job_id)
         self.next_run_times.pop(job_id, None)
         self._cache.pop(job_id, None)
         self._written_state.pop(job_id, None)
@@ -288,7 +367,9 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         with self._pending_lock:
             self._pending.clear()
             self._pending_times.clear()
-        super().remove_all_jobs()
+        with self.engine.begin() as connection:
+            self._fence.check(connection)
+            connection.execute(delete(self.jobs_t))
         self.next_run_times.clear()
         self._cache.clear()
         self._written_state.clear()

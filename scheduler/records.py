@@ -42,6 +42,19 @@ class SkipReason(StrEnum):
     NOT_LOADED = "not_loaded"
     PAUSED = "paused"
     QUARANTINED = "quarantined"
+    #: The slot's first attempt is already in the history (a restart re-fired it).
+    ALREADY_RUN = "already_run"
+    #: Slots that passed while the scheduler could not run them (an outage, a lock, a pause):
+    #: one row for all of them, its error saying how many.
+    MISSED = "missed"
+
+
+class StartRefusal(StrEnum):
+    """Why the history refused an attempt's `running` row (the attempt then does not start)."""
+
+    SLOT_TAKEN = "slot_taken"  # the slot's first attempt is already recorded
+    NOT_LEADER = "not_leader"  # this instance's leadership term has ended
+    LEASE_EXPIRED = "lease_expired"  # the leader could not renew its lease lately
 
 
 class Trigger(StrEnum):
@@ -56,8 +69,19 @@ def utcnow() -> datetime:
 
 def summarize_error(error: BaseException | str) -> str:
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}".rstrip(": ")
-    text = text.replace("\x00", "\\x00")  # PostgreSQL's text cannot hold NUL
-    return text if len(text) <= ERROR_SUMMARY_LIMIT else text[: ERROR_SUMMARY_LIMIT - 1] + "…"
+    return clean_text(text)
+
+
+def clean_text(text: str, limit: int = ERROR_SUMMARY_LIMIT) -> str:
+    """`text` as both databases store it, cut to `limit` characters: NUL escaped (PostgreSQL's
+    text cannot hold it) and lone surrogates escaped (a file name decoded with
+    `surrogateescape` has them; PostgreSQL refuses them and SQLite stores invalid UTF-8)."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = text.replace("\x00", "\\x00")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def new_run_id() -> str:

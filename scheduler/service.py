@@ -2,16 +2,23 @@
 ends. `SchedulerService.run()` is what `scheduler run` calls; while this instance leads, an
 `ActiveRole` (active.py) holds the schedule and the runs.
 
+Leadership is a fenced term (leadership.py). Each win builds a fresh `ActiveRole`, so every win
+recovers what the last term left; a leader whose term ends (a refused write, a renewal that finds
+another epoch) is demoted at once: it starts no run, lets its runs in progress finish and goes
+back to standby. A leader that cannot renew its lease pauses its schedule until it can.
+
 Stopping: SIGTERM or SIGINT stops scheduling, lets runs finish for
-`SCHEDULER_SHUTDOWN_GRACE_SECONDS`, then ends the rest (recorded `interrupted`); a second
-signal skips the wait. Whatever the tasks do, the process exits within the grace plus 2 s: a
-timer thread ends it if the loop itself is stuck (possible only in inline mode). SIGHUP is
-logged and ignored (it would otherwise end the process without a drain).
+`SCHEDULER_SHUTDOWN_GRACE_SECONDS`, then ends the rest (recorded `interrupted`; idempotent
+ones run again at the next start); a second signal skips the wait. Whatever the tasks do, the
+process exits within the grace plus 2 s: a timer thread ends it if the loop itself is stuck
+(possible only in inline mode). SIGHUP is logged and ignored (it would otherwise end the process
+without a drain).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
@@ -24,14 +31,14 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from .active import ActiveRole
 from .catalog import JobCatalog
-from .database import create_database_engine, redact
+from .database import create_database_engine, is_sqlite, normalize_url, redact
 from .history import HistoryWriter, RunHistory, migrate
 from .http import HttpServer, create_app
-from .leadership import leader_lock_for
+from .leadership import Leadership, leader_lock_for
 from .metrics import SchedulerMetrics, ServiceStatus
 from .operations import ServiceOperations
 from .records import WorkerStatus, utcnow
@@ -58,13 +65,20 @@ class SchedulerService:
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self.health = Health()
         self.engine = create_database_engine(settings.database_url)
-        self.lock = leader_lock_for(settings.database_url)
+        self.leadership = Leadership(
+            leader_lock_for(settings.database_url),
+            _lease_engine(settings),
+            self.instance,
+            settings.lease_seconds,
+        )
         self.metrics = SchedulerMetrics(self._status, self._workers)
         self.metrics.initialise(catalog.jobs)
         #: Set while this instance leads (None on a standby).
         self.role: ActiveRole | None = None
         self._stop = asyncio.Event()
         self._stop_now = asyncio.Event()
+        self._wake = asyncio.Event()  # the heartbeat's early wakeup: a term just ended
+        self._lease_paused = False
         self._first_signal_at: float | None = None
         self._last_prune = 0.0
 
@@ -106,14 +120,20 @@ class SchedulerService:
         log.info("http listening", host=self.settings.http_host, port=self.settings.http_port)
         probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag")
         writer: HistoryWriter | None = None
+        self.leadership.fence.add_listener(functools.partial(self._term_ended, loop))
         try:
             if await self._until_database_ready():
-                writer = HistoryWriter(self.engine)
+                writer = HistoryWriter(self.engine, self.leadership.fence)
                 await self._supervise(writer)
         finally:
             await self._shutdown(writer)
             probe.cancel()
             await http.stop()
+
+    def _term_ended(self, loop: asyncio.AbstractEventLoop, _epoch: int) -> None:
+        """From any thread: wake the heartbeat, which demotes this instance."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to demote
+            loop.call_soon_threadsafe(self._wake.set)
 
     def _signalled(self, loop: asyncio.AbstractEventLoop, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
@@ -150,6 +170,17 @@ class SchedulerService:
             return False
         return True
 
+    async def _pause_between_beats(self, seconds: float) -> None:
+        """Wait for the next heartbeat; a stop or the end of the term wakes it early."""
+        stop, wake = (
+            asyncio.ensure_future(self._stop.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        )
+        await asyncio.wait({stop, wake}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        wake.cancel()
+        self._wake.clear()
+
     async def _until_database_ready(self) -> bool:
         """Migrate the database, retrying while it is unreachable. False if stopped first."""
         delay, reported = 0.5, False
@@ -168,28 +199,49 @@ class SchedulerService:
             return True
 
     async def _supervise(self, writer: HistoryWriter) -> None:
-        """The heartbeat: keep or take leadership, watch the database, prune history."""
+        """The heartbeat: take, renew or give up leadership, watch the database, prune."""
+        leadership = self.leadership
         standby_logged = False
-        leading = False
         while not self._stop.is_set():
-            if not leading:
-                if await asyncio.to_thread(self.lock.try_acquire):
+            if self.role is None:
+                if await asyncio.to_thread(leadership.try_take):
                     await self._lead(writer)
-                    leading, standby_logged = True, False
+                    standby_logged = False
                 elif not standby_logged:
-                    log.info("standby: another instance is active", lock=self.lock.description)
+                    log.info("standby: another instance is active", lock=leadership.description)
                     standby_logged = True
-            elif not await asyncio.to_thread(self.lock.is_held):
-                self._lose_leadership()
-                leading = False
+            elif not await asyncio.to_thread(leadership.renew):
+                await self._demote()
+            else:
+                self._check_lease()
             await self._check_database()
+            writer.check_stall()
             self._beat(writer)
-            if leading and time.monotonic() - self._last_prune > PRUNE_EVERY_SECONDS:
+            if self.role and time.monotonic() - self._last_prune > PRUNE_EVERY_SECONDS:
                 await self._prune_history()
             interval = self.settings.heartbeat_seconds
-            if not leading:
+            if self.role is None:
                 interval = self.settings.standby_poll_seconds
-            await self._sleep(interval)
+            await self._pause_between_beats(interval)
+
+    def _check_lease(self) -> None:
+        """Pause the schedule while the lease is not renewed; resume once it is."""
+        role, leadership = self.role, self.leadership
+        valid = leadership.lease_valid()
+        self.health.lease_unrenewed_seconds = None if valid else leadership.unrenewed_seconds()
+        if role is None or valid == (not self._lease_paused):
+            return
+        if valid:
+            log.info("lease renewed again: resuming the schedule")
+            role.scheduler.resume()
+        else:
+            log.error(
+                "lease not renewed (database unreachable or locked): no runs start until it is",
+                unrenewed_seconds=round(leadership.unrenewed_seconds(), 1),
+                lease_seconds=leadership.lease_seconds,
+            )
+            role.scheduler.pause()
+        self._lease_paused = not valid
 
     def _beat(self, writer: HistoryWriter) -> None:
         health = self.health
@@ -214,22 +266,53 @@ class SchedulerService:
 
     async def _lead(self, writer: HistoryWriter) -> None:
         """Become the active instance: recover, reconcile, then let the scheduler run."""
-        self.health.leader = True
-        if self.role is not None:  # leadership regained after an outage
-            log.info("leadership regained; resuming")
-            self.role.store.forget_loaded_jobs()  # another instance may have led meanwhile
-            self.role.scheduler.resume()
-            return
-        log.info("active: this instance runs the jobs", instance=self.instance)
-        self.role = await ActiveRole.take(
-            self.settings, self.catalog, self.engine, writer, self.metrics, self.instance
+        log.info(
+            "active: this instance runs the jobs",
+            instance=self.instance,
+            epoch=self.leadership.fence.epoch,
         )
+        self._lease_paused = False
+        self.role = await ActiveRole.take(
+            self.settings,
+            self.catalog,
+            self.engine,
+            writer,
+            self.metrics,
+            self.instance,
+            self.leadership,
+        )
+        self.health.leader = True
 
-    def _lose_leadership(self) -> None:
-        log.error("leadership lost (its database connection broke); pausing until regained")
+    async def _demote(self) -> None:
+        """The term ended: start nothing more, let the runs in progress finish, stand by."""
+        role, self.role = self.role, None
         self.health.leader = False
-        if self.role is not None:
-            self.role.scheduler.pause()
+        if role is None:
+            return
+        log.error("demoted: another instance leads now; this one stands by")
+        await self._stop_role(role)
+        await asyncio.to_thread(self.leadership.resign)
+
+    async def _stop_role(self, role: ActiveRole) -> None:
+        """Stop scheduling, drain the runs (a second signal cuts the wait), stop the workers."""
+        role.coordinator.close()
+        if role.scheduler.running:
+            await asyncio.to_thread(role.scheduler.shutdown, wait=False)
+        active = role.coordinator.active_runs
+        grace = self.settings.shutdown_grace_seconds
+        if active:
+            log.info("waiting for running jobs", runs=active, grace_seconds=grace)
+        drain = asyncio.create_task(role.coordinator.drain(grace))
+        stop_now = asyncio.create_task(self._stop_now.wait())
+        await asyncio.wait({drain, stop_now}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():  # a second signal: cut the wait short
+            cancelled = await role.coordinator.drain(0)
+        else:
+            cancelled = drain.result()
+        stop_now.cancel()
+        if cancelled:
+            log.warning("runs cancelled at shutdown; recorded as interrupted", runs=cancelled)
+        await role.backend.stop(0)
 
     async def _check_database(self) -> None:
         ok = await _quietly(self._ping)
@@ -257,30 +340,33 @@ class SchedulerService:
             log.info("run history pruned", rows=deleted, before=before.isoformat())
 
     async def _shutdown(self, writer: HistoryWriter | None) -> None:
-        role = self.role
+        role, self.role = self.role, None
         if role is not None:
-            if role.scheduler.running:
-                await asyncio.to_thread(role.scheduler.shutdown, wait=False)
-            active = role.coordinator.active_runs
-            grace = self.settings.shutdown_grace_seconds
-            if active:
-                log.info("waiting for running jobs", runs=active, grace_seconds=grace)
-            drain = asyncio.create_task(role.coordinator.drain(grace))
-            stop_now = asyncio.create_task(self._stop_now.wait())
-            await asyncio.wait({drain, stop_now}, return_when=asyncio.FIRST_COMPLETED)
-            if not drain.done():  # a second signal: cut the wait short
-                cancelled = await role.coordinator.drain(0)
-            else:
-                cancelled = drain.result()
-            stop_now.cancel()
-            if cancelled:
-                log.warning("runs cancelled at shutdown; recorded as interrupted", runs=cancelled)
-            await role.backend.stop(0)
+            await self._stop_role(role)
         if writer is not None:
             await asyncio.to_thread(writer.close)
-        await asyncio.to_thread(self.lock.release)
+            if role is not None and role.coordinator.cut_off:
+                cut_off = role.coordinator.cut_off
+                history = RunHistory(self.engine)
+                if await _quietly(lambda: history.mark_for_rerun(cut_off)) is None:
+                    log.error("runs cut off at shutdown could not be flagged to run again")
+        await asyncio.to_thread(self.leadership.close)
         self.engine.dispose()
         log.info("scheduler stopped")
+
+
+def _lease_engine(settings: ServiceSettings) -> Engine:
+    """The leadership table's own engine: a renewal waits a quarter of the lease at most (on
+    SQLite the history's writes may wait 30 s for a lock; a renewal must not)."""
+    wait = settings.lease_seconds / 4
+    if is_sqlite(normalize_url(settings.database_url)):
+        return create_database_engine(settings.database_url, busy_timeout_seconds=wait)
+    timeout_ms = int(wait * 1000)
+    connect_args = {
+        "connect_timeout": max(1, int(wait)),
+        "options": f"-c statement_timeout={timeout_ms}",
+    }
+    return create_database_engine(settings.database_url, connect_args=connect_args)
 
 
 def _exit_after(seconds: float) -> None:

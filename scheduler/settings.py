@@ -15,6 +15,8 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -94,6 +96,10 @@ class ServiceSettings(BaseSettings):
     history_retention_days: PositiveFloat = 30.0
     #: How often the service checks its database, its scheduler thread and its leadership.
     heartbeat_seconds: PositiveFloat = 2.0
+    #: A leader silent this long (paused, frozen, cut off from the database) is taken over by a
+    #: standby; a leader that could not renew for half of it stops starting runs. At least three
+    #: heartbeats.
+    lease_seconds: PositiveFloat = 10.0
     #: New jobs' first runs are spread over this many seconds (by a stable hash of the job
     #: type), so jobs registered together do not all fall due at once. 0: all at once.
     first_run_spread_seconds: NonNegativeFloat = 1.0
@@ -107,6 +113,16 @@ class ServiceSettings(BaseSettings):
     #: The asyncio event loop: uvloop (faster per run) or the standard library's; "auto" is
     #: uvloop where it is installed.
     event_loop: Annotated[EventLoopChoice, BeforeValidator(_lower)] = "auto"
+
+    @field_validator("lease_seconds")
+    @classmethod
+    def _lease_spans_heartbeats(cls, value: float, info: ValidationInfo) -> float:
+        heartbeat = info.data.get("heartbeat_seconds")
+        if heartbeat is not None and value < 3 * heartbeat:
+            raise ValueError(
+                f"must be at least 3 heartbeats (SCHEDULER_HEARTBEAT_SECONDS={heartbeat:g})"
+            )
+        return value
 
     @property
     def worker_kill_memory_bytes(self) -> int:

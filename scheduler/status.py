@@ -27,6 +27,8 @@ class Health:
     #: Since when (time.time()) no worker process has been ready, in process mode; None while
     #: one is (or in inline mode).
     no_worker_since: float | None = None
+    #: While the leader's lease is not renewed (no runs start), for how long it has not been.
+    lease_unrenewed_seconds: float | None = None
 
 
 #: How long the active instance may go without a ready worker (a restart takes well under 1 s).
@@ -50,7 +52,10 @@ def health_problems(
     if not health.job_store_ok:
         problems.append("job store unreachable")
     if not health.history_ok:
-        problems.append("run history writes are failing")
+        problems.append("run history writes are failing or stalled")
+    unrenewed = health.lease_unrenewed_seconds
+    if health.leader and unrenewed is not None:
+        problems.append(f"leadership lease not renewed for {unrenewed:.0f}s: no runs start")
     since = health.no_worker_since
     if health.leader and since is not None and now - since > NO_WORKER_GRACE_SECONDS:
         problems.append(f"no worker process has been ready for {now - since:.0f}s")

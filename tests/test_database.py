@@ -141,7 +141,7 @@ def test_sqlite_datetimes_are_written_as_sqlalchemy_writes_them() -> None:
 def test_a_sqlite_too_old_for_the_batch_writes_is_refused_by_name() -> None:
     assert sqlite_problem() is None  # the SQLite this Python links (CI's too) is new enough
     old = sqlite_problem((3, 31, 1), json=True)
-    assert old is not None and "SQLite 3.31.1" in old and "3.33.0 or newer" in old
+    assert old is not None and "SQLite 3.31.1" in old and "3.35.0 or newer" in old
     assert old.startswith("SCHEDULER_DATABASE_URL")
     without_json = sqlite_problem((3, 40, 1), json=False)
     assert without_json is not None and "3.40.1 without its JSON functions" in without_json

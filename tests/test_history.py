@@ -14,16 +14,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
 from scheduler.database import create_database_engine
-from scheduler.history import (
-    VERSION_TABLE,
-    DurableStarts,
-    HistoryWriter,
-    RunHistory,
-    metadata,
-    migrate,
-    runs,
-)
+from scheduler.history import DurableStarts, HistoryWriter, RunHistory, migrate
+from scheduler.leadership import Fence, sole_term
 from scheduler.records import RunRecord, new_run_id, summarize_error
+from scheduler.tables import VERSION_TABLE, metadata, runs
 
 
 @pytest.fixture
@@ -56,7 +50,7 @@ def test_migrations_match_the_table_the_code_uses(engine: Engine) -> None:
 
 
 def test_writer_inserts_then_completes_rows_in_order(engine: Engine) -> None:
-    writer = HistoryWriter(engine)
+    writer = HistoryWriter(engine, sole_term(engine, "test"))
     # More rows than one batch holds (1,000), starts and ends of a row in one batch or not.
     rows = [record(scheduled_at=datetime.now(UTC)) for _ in range(1199)]
     rows.append(record(scheduled_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)))  # no fraction
@@ -80,7 +74,7 @@ def test_writer_inserts_then_completes_rows_in_order(engine: Engine) -> None:
 
 
 def test_writes_from_many_threads_all_land(engine: Engine) -> None:
-    writer = HistoryWriter(engine)
+    writer = HistoryWriter(engine, sole_term(engine, "test"))
 
     def burst() -> None:
         for _ in range(100):
@@ -97,7 +91,7 @@ def test_writes_from_many_threads_all_land(engine: Engine) -> None:
 
 
 def test_summaries_give_latest_outcome_and_latest_success(engine: Engine) -> None:
-    writer = HistoryWriter(engine)
+    writer = HistoryWriter(engine, sole_term(engine, "test"))
     t0 = datetime.now(UTC) - timedelta(minutes=5)
     for job_type, outcome, minute in [
         ("a", "success", 1),
@@ -117,7 +111,7 @@ def test_summaries_give_latest_outcome_and_latest_success(engine: Engine) -> Non
 
 
 def test_mark_interrupted_and_prune(engine: Engine) -> None:
-    writer = HistoryWriter(engine)
+    writer = HistoryWriter(engine, sole_term(engine, "test"))
     old = record("old", started_at=datetime.now(UTC) - timedelta(days=40), outcome="success")
     writer.write(old)
     writer.write(record("inflight"))
@@ -134,8 +128,8 @@ def test_mark_interrupted_and_prune(engine: Engine) -> None:
 
 def test_writer_keeps_its_batch_while_the_database_is_away(tmp_path: object) -> None:
     engine = create_database_engine(f"sqlite:///{tmp_path}/h.db")
-    writer = HistoryWriter(engine, retry_seconds=0.05)
-    writer.write(record())  # no table yet: the write fails and is retried
+    writer = HistoryWriter(engine, Fence(), retry_seconds=0.05)
+    writer.write(record(outcome="success"))  # no table yet: the write fails and is retried
     assert not writer.flush(timeout=0.5)
     assert not writer.healthy
     migrate(engine)
@@ -147,7 +141,7 @@ def test_writer_keeps_its_batch_while_the_database_is_away(tmp_path: object) -> 
 
 
 async def test_a_durable_start_returns_once_its_row_is_committed(engine: Engine) -> None:
-    writer = HistoryWriter(engine)
+    writer = HistoryWriter(engine, sole_term(engine, "test"))
     starts = DurableStarts(writer, asyncio.get_running_loop())
     rows = [record(f"job{n}") for n in range(20)]
     for row in rows:
@@ -170,13 +164,16 @@ async def test_a_durable_start_returns_once_its_row_is_committed(engine: Engine)
 
 async def test_durable_starts_do_not_wait_while_the_database_is_away(tmp_path: object) -> None:
     engine = create_database_engine(f"sqlite:///{tmp_path}/h.db")
-    writer = HistoryWriter(engine, retry_seconds=0.05)
+    fence = Fence()
+    fence.begin(1)
+    writer = HistoryWriter(engine, fence, retry_seconds=0.05)
     starts = DurableStarts(writer, asyncio.get_running_loop())
     # No table yet: the first start waits only until the write fails, later ones not at all.
     await asyncio.wait_for(starts.started(record()), 10)
     assert not writer.healthy
     await asyncio.wait_for(starts.started(record()), 0.5)
     migrate(engine)  # the database is back: the queued rows land
+    fence.begin(sole_term(engine, "test").epoch or 0)
     assert await asyncio.to_thread(writer.flush, 10)
     assert RunHistory(engine).count() == 2
     writer.close()
@@ -204,7 +201,7 @@ def test_run_ids_are_uuid7s_in_time_order() -> None:
 
 
 def test_an_error_text_with_a_nul_character_is_stored(engine: Engine) -> None:
-    writer = HistoryWriter(engine)
+    writer = HistoryWriter(engine, sole_term(engine, "test"))
     error = summarize_error(ValueError("bad\x00byte"))
     writer.write(record(outcome="failure", finished_at=datetime.now(UTC), error=error))
     assert writer.flush(timeout=10) and writer.healthy  # PostgreSQL refuses NUL in text
@@ -214,7 +211,7 @@ def test_an_error_text_with_a_nul_character_is_stored(engine: Engine) -> None:
 
 
 def test_a_row_that_breaks_the_writer_is_dropped_and_the_writer_lives_on(engine: Engine) -> None:
-    writer = HistoryWriter(engine)
+    writer = HistoryWriter(engine, sole_term(engine, "test"))
     good = [record() for _ in range(5)]
     broken = record(started_at="not a datetime")  # the statement's conversion raises on it
     for row in [*good[:2], broken, *good[2:]]:
@@ -229,7 +226,7 @@ def test_a_row_that_breaks_the_writer_is_dropped_and_the_writer_lives_on(engine:
 
 
 def test_the_writer_is_unhealthy_once_its_thread_is_gone(engine: Engine) -> None:
-    writer = HistoryWriter(engine)
+    writer = HistoryWriter(engine, sole_term(engine, "test"))
     assert writer.healthy
     writer.close()
     assert not writer.healthy

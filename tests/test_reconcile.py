@@ -11,7 +11,9 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scheduler.database import create_database_engine
+from scheduler.history import migrate
 from scheduler.jobstore import GroupedSQLAlchemyJobStore
+from scheduler.leadership import sole_term
 from scheduler.reconcile import FIRST_RUN_SPREAD_SECONDS, DesiredJob, first_run_time, reconcile
 
 
@@ -32,9 +34,9 @@ def desired(job_type: str, interval: float = 60, **changes: Any) -> DesiredJob:
 @pytest.fixture
 def scheduler(tmp_path: Path) -> Iterator[Any]:
     engine = create_database_engine(f"sqlite:///{tmp_path}/s.db")
-    scheduler = BackgroundScheduler(
-        jobstores={"default": GroupedSQLAlchemyJobStore(engine)}, timezone=UTC
-    )
+    migrate(engine)
+    store = GroupedSQLAlchemyJobStore(engine, sole_term(engine, "test"))
+    scheduler = BackgroundScheduler(jobstores={"default": store}, timezone=UTC)
     scheduler.start(paused=True)
     yield scheduler
     scheduler.shutdown(wait=False)

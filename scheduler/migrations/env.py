@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from scheduler.history import VERSION_TABLE, metadata
+from scheduler.tables import VERSION_TABLE, metadata
 
 connection = context.config.attributes["connection"]
 context.configure(
