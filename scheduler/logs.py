@@ -23,10 +23,15 @@ _SECRET_KEY = re.compile(
     r"(^|_)(password|passwd|secret|token|api_?key|authorization|credentials?)($|_)", re.IGNORECASE
 )
 MASK = "***"
+#: The longest text a log field keeps: a task's 10 MB exception message must not become a
+#: 10 MB log line (and its traceback, in every collector downstream).
+FIELD_LIMIT = 8000
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
+        if len(value) > FIELD_LIMIT:
+            value = f"{value[:FIELD_LIMIT]}… ({len(value) - FIELD_LIMIT} more characters cut)"
         if "@" in value and "://" in value:  # the cheap test first: this runs for every value
             return _URL_CREDENTIALS.sub(rf"\g<head>:{MASK}@", value)
         return value
@@ -45,7 +50,8 @@ def _secret_key(key: object) -> bool:
 
 
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    """Mask passwords in URLs and the values of keys that name secrets, however deep."""
+    """Mask passwords in URLs and the values of keys that name secrets, however deep; cut
+    overlong texts to `FIELD_LIMIT`."""
     scrubbed: EventDict = _scrub(event_dict)
     return scrubbed
 
