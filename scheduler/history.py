@@ -184,7 +184,9 @@ class HistoryWriter:
         its ticket."""
         row = _row_of(record)
         error = record.error  # clean already, unless a caller built it by hand
-        if error is not None and (len(error) > ERROR_SUMMARY_LIMIT or not error.isascii()):
+        if error is not None and (
+            len(error) > ERROR_SUMMARY_LIMIT or not error.isascii() or "\x00" in error
+        ):
             row = (*row[:_ERROR], clean_text(error), *row[_ERROR + 1 :])
         with self._progress:  # the ticket and the queue position must agree
             self._submitted += 1

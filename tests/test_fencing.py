@@ -59,7 +59,7 @@ def runs_by(services: ServiceFactory, service: ServiceProcess) -> int:
 def leader_in(*candidates: ServiceProcess) -> ServiceProcess | None:
     for service in candidates:
         try:
-            status, body = service.get_json("/readyz")
+            status, _ = service.get_json("/readyz")
         except OSError:
             continue
         if status == 200:
@@ -214,7 +214,7 @@ def test_a_kill_right_after_a_start_does_not_run_that_slot_again(
         seen = len(journal(path))
         service = any_services()
         wait_until(
-            lambda seen=seen: len(journal(path)) > seen or service._check_alive(),
+            lambda seen=seen, service=service: len(journal(path)) > seen or service._check_alive(),
             timeout=30,
             interval=0.002,
             what="a run to start",

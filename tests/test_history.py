@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,8 +19,15 @@ from sqlalchemy import Engine
 from scheduler.database import create_database_engine
 from scheduler.history import DurableStarts, HistoryWriter, RunHistory, migrate
 from scheduler.leadership import Fence, sole_term
-from scheduler.records import RunRecord, new_run_id, summarize_error
+from scheduler.records import (
+    ERROR_SUMMARY_LIMIT,
+    RunRecord,
+    StartRefusal,
+    new_run_id,
+    summarize_error,
+)
 from scheduler.tables import VERSION_TABLE, metadata, runs
+from tests.support import wait_until
 
 
 @pytest.fixture
@@ -230,3 +240,92 @@ def test_the_writer_is_unhealthy_once_its_thread_is_gone(engine: Engine) -> None
     assert writer.healthy
     writer.close()
     assert not writer.healthy
+
+
+def started(writer: HistoryWriter, row: RunRecord) -> StartRefusal | None:
+    ticket = writer.write(row)
+    assert writer.flush(10)
+    return writer.refusal(ticket)
+
+
+def test_a_slots_second_first_attempt_is_refused(engine: Engine) -> None:
+    writer = HistoryWriter(engine, sole_term(engine, "test"))
+    slot = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert started(writer, record(scheduled_at=slot)) is None
+    assert started(writer, record(scheduled_at=slot)) == StartRefusal.SLOT_TAKEN
+    # Not slots: a retry, a manual or a recovery run of that time, another job's slot.
+    assert started(writer, record(scheduled_at=slot, attempt=2)) is None
+    assert started(writer, record(scheduled_at=slot, trigger="recovery")) is None
+    assert started(writer, record("other", scheduled_at=slot)) is None
+    # The refused attempt is recorded as a skip of the same slot.
+    writer.write(record(scheduled_at=slot, outcome="skipped", skip_reason="already_run"))
+    assert writer.close()
+    outcomes = sorted(r.outcome for r in RunHistory(engine).recent("job", limit=10))
+    assert outcomes == ["running", "running", "running", "skipped"]
+
+
+def test_a_stale_term_starts_nothing_but_its_endings_are_kept(engine: Engine) -> None:
+    old = sole_term(engine, "old")
+    writer = HistoryWriter(engine, old)
+    running = record()
+    assert started(writer, running) is None
+    sole_term(engine, "successor")  # another instance takes over
+    ended: list[int] = []
+    old.add_listener(ended.append)
+    assert started(writer, record()) == StartRefusal.NOT_LEADER
+    assert old.epoch is None and len(ended) == 1
+    finished = record(run_id=running.run_id, outcome="success", finished_at=datetime.now(UTC))
+    writer.write(finished)
+    assert writer.close()
+    (stored,) = RunHistory(engine).recent("job")
+    assert (stored.run_id, stored.outcome) == (running.run_id, "success")
+
+
+def test_text_the_databases_refuse_is_cleaned_and_cut(engine: Engine) -> None:
+    writer = HistoryWriter(engine, sole_term(engine, "test"))
+    surrogate = "cannot open " + os.fsdecode(b"caf\xe9.csv")
+    for error in (surrogate, "x" * 10_000_000, "nul\x00"):
+        writer.write(record(outcome="failure", finished_at=datetime.now(UTC), error=error))
+    assert writer.flush(10) and writer.healthy
+    writer.close()
+    errors = [r.error or "" for r in RunHistory(engine).recent("job")]
+    assert errors[2] == "cannot open caf\\udce9.csv"
+    assert len(errors[1]) == ERROR_SUMMARY_LIMIT and errors[1].endswith("…")
+    assert errors[0] == "nul\\x00"
+
+
+def test_a_batch_refused_for_one_row_is_written_row_by_row(engine: Engine) -> None:
+    writer = HistoryWriter(engine, sole_term(engine, "test"))
+    slot = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    first = record(scheduled_at=slot)
+    assert started(writer, first) is None
+    # An ending for the same slot under another run id: the unique index refuses that row.
+    clash = record(scheduled_at=slot, outcome="success", finished_at=datetime.now(UTC))
+    good = [record() for _ in range(3)]
+    for row in [good[0], clash, *good[1:]]:
+        writer.write(row)
+    assert writer.close()
+    stored = {r.run_id for r in RunHistory(engine).recent("job", limit=100)}
+    assert stored == {r.run_id for r in [first, *good]}
+    assert writer.dropped == 1
+
+
+def test_a_stalled_write_is_reported_and_lets_waiting_runs_go(tmp_path: Path) -> None:
+    engine = create_database_engine(f"sqlite:///{tmp_path}/h.db")
+    migrate(engine)
+    writer = HistoryWriter(engine, sole_term(engine, "test"), stall_seconds=0.3)
+    locker = sqlite3.connect(str(tmp_path / "h.db"), isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        writer.write(record())
+        wait_until(lambda: writer.stalled, timeout=10, what="the write to stall")
+        assert not writer.healthy
+        woken: list[bool] = []
+        writer.add_listener(lambda: woken.append(True))
+        writer.check_stall()
+        assert woken
+    finally:
+        locker.close()
+    assert writer.flush(35) and writer.healthy
+    writer.close()
+    engine.dispose()

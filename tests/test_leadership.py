@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.leadership import FileLeaderLock, PostgresLeaderLock
+from scheduler.database import create_database_engine
+from scheduler.history import migrate
+from scheduler.leadership import FileLeaderLock, LeaderLock, Leadership, PostgresLeaderLock
 from tests.support import (
     PrivateCluster,
     ServiceFactory,
@@ -127,3 +129,64 @@ def test_file_lock_is_held_whichever_thread_asks(tmp_path: Path) -> None:
     checker.join()
     assert seen == [True]
     lock.release()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def contenders(url: str, lock_path: Path, clock: Clock) -> tuple[Leadership, Leadership]:
+    engine = create_database_engine(url)
+    migrate(engine)
+    engine.dispose()
+
+    def lock() -> LeaderLock:
+        return FileLeaderLock(lock_path) if url.startswith("sqlite") else PostgresLeaderLock(url)
+
+    return (
+        Leadership(lock(), create_database_engine(url), "a", 3.0, clock),
+        Leadership(lock(), create_database_engine(url), "b", 3.0, clock),
+    )
+
+
+def test_terms_are_fenced_and_a_silent_leader_loses_its_lease(
+    database_url: str, tmp_path: Path
+) -> None:
+    clock = Clock()
+    a, b = contenders(database_url, tmp_path / "db.lock", clock)
+    try:
+        assert a.try_take() and a.fence.epoch == 1
+        assert not b.try_take()  # the lock is held and the lease is fresh
+        clock.now += 2.0
+        assert a.renew() and a.lease_valid()
+        assert not b.try_take()  # it saw the beat move: the lease starts over
+        clock.now += 1.6  # a stops renewing (paused): past half its lease it starts nothing
+        assert not a.lease_valid()
+        assert not b.try_take()
+        clock.now += 1.7  # silent for a whole lease as b sees it: b takes over, lock or not
+        assert b.try_take() and b.fence.epoch == 2
+        assert not a.renew() and a.fence.epoch is None  # the old leader finds out at once
+        a.resign()  # it stands by and gives up the lock
+        assert b.renew()
+        assert not a.try_take()  # b holds its term by lease and renews it
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_lock_of_a_dead_leader_hands_over_at_once(database_url: str, tmp_path: Path) -> None:
+    clock = Clock()
+    a, b = contenders(database_url, tmp_path / "db.lock", clock)
+    try:
+        assert a.try_take()
+        assert a.renew()
+        a.lock.release()  # as the OS or the server does when its process dies
+        assert b.try_take() and b.fence.epoch == 2  # no lease to wait out
+        assert not a.renew()
+    finally:
+        a.close()
+        b.close()
