@@ -9,14 +9,17 @@ import dataclasses
 import hmac
 import socket
 from collections.abc import Iterator
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
+import h11
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .errors import ConfigurationError, NotActiveError, UnknownJobTypeError
 from .metrics import package_version
@@ -233,6 +236,116 @@ def create_app(view: ServiceView) -> FastAPI:
     return app
 
 
+# Bounds on what HTTP clients can hold, so that the API can never starve the scheduler of file
+# descriptors (1,100 idle, half-sent requests once took all 1,024 and most runs failed).
+MAX_CONNECTIONS = 256  # open connections, of the default 1,024 descriptors
+MAX_IN_FLIGHT = 100  # requests being handled at once; more are answered 503 at once
+HEADER_TIMEOUT_SECONDS = 10.0  # to send a whole request, from connecting or from its first byte
+KEEP_ALIVE_SECONDS = 5  # idle between two requests on one connection
+LISTEN_BACKLOG = 128  # also the most connections accepted in one go, before any is refused
+
+
+class _ConnectionGuard:
+    """One server's connections, oldest first, and the bounds they are held to."""
+
+    def __init__(self, max_connections: int, header_timeout: float) -> None:
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.open: dict[_GuardedH11Protocol, None] = {}  # a dict keeps the order of arrival
+
+    def admit(self, connection: _GuardedH11Protocol) -> bool:
+        """Make room for `connection` by closing the oldest one that has no complete request,
+        or refuse it (False) when every connection is busy with a request."""
+        if len(self.open) >= self.max_connections:
+            waiting = next((c for c in self.open if c.waiting_for_request), None)
+            if waiting is None:
+                return False
+            waiting.drop()
+        self.open[connection] = None
+        return True
+
+
+class _GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a connection cap and a deadline for the request.
+
+    uvicorn bounds neither: `timeout_keep_alive` is armed only after a response, and
+    `limit_concurrency` answers 503 to complete requests (counting every open connection, so a
+    hundred half-sent ones would turn everyone away) but never closes a connection. A client
+    that connects and never finishes its request line and headers is otherwise held forever.
+    """
+
+    guard: ClassVar[_ConnectionGuard]  # set by the subclass each server makes
+    _deadline: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def bound_to(cls, guard: _ConnectionGuard) -> type[_GuardedH11Protocol]:
+        return type("GuardedH11Protocol", (cls,), {"guard": guard})
+
+    @property
+    def waiting_for_request(self) -> bool:
+        """Connected without a complete request: still sending one, or idle between two."""
+        return self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if not self.guard.admit(self):
+            transport.close()  # all busy: refuse this one rather than run out of descriptors
+            return
+        self._watch_request()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch_request()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        self.guard.open.pop(self, None)
+        super().connection_lost(exc)
+
+    def drop(self) -> None:
+        self._cancel_deadline()
+        self.guard.open.pop(self, None)
+        self.transport.close()
+
+    def _watch_request(self) -> None:
+        """A request must be complete within the header timeout of the connection or of its
+        first byte (an idle keep-alive connection is uvicorn's timeout_keep_alive's)."""
+        if not self.waiting_for_request or self.transport.is_closing():
+            self._cancel_deadline()
+        elif self._deadline is None:
+            self._deadline = self.loop.call_later(self.guard.header_timeout, self.drop)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+
+class _InFlightLimit:
+    """Answers 503 at once to a request beyond `limit` being handled, instead of queueing it.
+
+    Not uvicorn's `limit_concurrency`: that counts open connections too, idle and half-sent
+    ones included, so it would let a few slow clients turn every request away."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit, self.in_flight = app, limit, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.in_flight >= self.limit:
+            busy = JSONResponse(
+                {"detail": "too many requests in progress, retry shortly"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+            await busy(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -240,12 +353,37 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class HttpServer:
-    """uvicorn serving `app` on a socket bound up front, so a taken port is a clear error."""
+    """uvicorn serving `app` on a socket bound up front, so a taken port is a clear error.
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    However many clients connect, it holds at most `max_connections` connections, closes one
+    whose request is not complete `header_timeout` seconds after it connected (or after the
+    request's first byte), closes an idle keep-alive one after `keep_alive_timeout` seconds,
+    and answers 503 at once beyond `max_in_flight` requests being handled. When it is full, a
+    new connection takes the place of the oldest one that has no complete request."""
+
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        header_timeout: float = HEADER_TIMEOUT_SECONDS,
+        keep_alive_timeout: int = KEEP_ALIVE_SECONDS,
+    ) -> None:
         self.host, self.port = host, port
+        guard = _ConnectionGuard(max_connections, header_timeout)
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+            _InFlightLimit(app, max_in_flight),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            http=_GuardedH11Protocol.bound_to(guard),  # h11 even where httptools is installed
+            ws="none",  # no WebSocket endpoints; an upgrade would leave the guard's bookkeeping
+            timeout_keep_alive=keep_alive_timeout,
+            backlog=LISTEN_BACKLOG,  # uvicorn listens again with this (2,048 by default)
         )
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
@@ -261,7 +399,8 @@ class HttpServer:
             raise ConfigurationError(
                 [f"SCHEDULER_HTTP_HOST/PORT: cannot listen on {self.host}:{self.port}: {error}"]
             ) from None
-        sock.listen(128)
+        self.port = sock.getsockname()[1]  # the port bound: the system's pick if 0 was asked for
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http")
 

@@ -39,6 +39,7 @@ from .database import create_database_engine, is_sqlite, normalize_url, redact
 from .history import HistoryWriter, RunHistory, migrate
 from .http import HttpServer, create_app
 from .leadership import Leadership, leader_lock_for
+from .limits import raise_open_file_limit
 from .metrics import SchedulerMetrics, ServiceStatus
 from .operations import ServiceOperations
 from .records import WorkerStatus, utcnow
@@ -113,6 +114,7 @@ class SchedulerService:
             event_loop=type(loop).__module__.split(".")[0],  # uvloop or asyncio
             execution=self.settings.execution,
             workers=self.settings.workers if self.settings.execution == "process" else 0,
+            open_files_limit=raise_open_file_limit(),
         )
         app = create_app(ServiceOperations(self))
         http = HttpServer(app, self.settings.http_host, self.settings.http_port)
