@@ -120,3 +120,11 @@ def services(tmp_path: Path, sqlite_url: str, tasks_dir: Path) -> Iterator[Servi
 def any_services(tmp_path: Path, database_url: str, tasks_dir: Path) -> Iterator[ServiceFactory]:
     """Like `services`, once on SQLite and once on PostgreSQL."""
     yield from _factory(tmp_path, database_url, tasks_dir)
+
+
+@pytest.fixture
+def postgres_services(
+    tmp_path: Path, postgres_url: str, tasks_dir: Path
+) -> Iterator[ServiceFactory]:
+    """Like `services`, on PostgreSQL only (for what only PostgreSQL has)."""
+    yield from _factory(tmp_path, postgres_url, tasks_dir)

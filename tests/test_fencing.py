@@ -146,8 +146,19 @@ def _terminate_lock_session(url: str) -> int:
 def test_a_paused_leader_is_fenced_off_and_recovery_runs_at_every_win(
     any_services: ServiceFactory, tmp_path: Path
 ) -> None:
-    """SIGSTOP the leader (on PostgreSQL its lock session is cut too): the standby takes over
-    within the lease; on SIGCONT the old leader runs no slot the new one runs, is demoted, and
+    paused_leader(any_services, tmp_path, cut_lock_session=False)
+
+
+def test_a_paused_leader_whose_lock_session_is_cut_is_fenced_off(
+    postgres_services: ServiceFactory, tmp_path: Path
+) -> None:
+    """The lock goes to the standby at once: the old leader wakes up inside its lease."""
+    paused_leader(postgres_services, tmp_path, cut_lock_session=True)
+
+
+def paused_leader(any_services: ServiceFactory, tmp_path: Path, *, cut_lock_session: bool) -> None:
+    """SIGSTOP the leader (and maybe cut its lock session): the standby takes over within the
+    lease; on SIGCONT the old leader runs no slot the new one runs, is demoted, and
     when the new leader is killed in turn it wins again and closes the rows left `running`."""
     path = tmp_path / "journal"
     any_services.defaults.update(LEASE, JOURNAL=str(path))
@@ -159,11 +170,10 @@ def test_a_paused_leader_is_fenced_off_and_recovery_runs_at_every_win(
     wait_until(lambda: runs_by(any_services, a) >= 12, timeout=30, what="runs on the leader")
 
     a.signal(signal.SIGSTOP)
-    postgres = make_url(any_services.database_url).get_backend_name() == "postgresql"
-    if postgres:
+    if cut_lock_session:
         assert _terminate_lock_session(any_services.database_url) >= 1
     won = b.wait_for_log("leadership term won", timeout=15)
-    assert won["by"] == ("lock" if postgres else "lease")
+    assert won["by"] == ("lock" if cut_lock_session else "lease")
     wait_until(lambda: runs_by(any_services, b) >= 12, timeout=30, what="runs on the successor")
 
     a.signal(signal.SIGCONT)

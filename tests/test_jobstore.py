@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from apscheduler.executors.base import BaseExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, event, text
 
+from scheduler.active import FencedScheduler
 from scheduler.database import create_database_engine
 from scheduler.executor import JOB_FUNCTION
 from scheduler.history import migrate
@@ -172,3 +174,35 @@ def stored_next_run_time(engine: Engine, job_id: str) -> float:
             text(f"SELECT next_run_time FROM {JOBS_TABLE} WHERE id = :id"), {"id": job_id}
         ).scalar_one()
     return float(value)
+
+
+class Recording(BaseExecutor):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.submitted: list[str] = []
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        self.submitted.append(job.id)
+
+
+@pytest.mark.parametrize("scheduler_class", [BackgroundScheduler, FencedScheduler])
+def test_a_stopping_scheduler_hands_over_no_due_job(
+    engine: Engine, scheduler_class: type[Any]
+) -> None:
+    """APScheduler 3 processes due jobs once more after `shutdown()`, a paused scheduler
+    included; the service's scheduler does not (a stopping or demoted instance runs nothing)."""
+    executor = Recording()
+    store = GroupedSQLAlchemyJobStore(engine, sole_term(engine, "test"))
+    scheduler = scheduler_class(
+        jobstores={"default": store}, executors={"default": executor}, timezone=UTC
+    )
+    scheduler.start(paused=True)
+    scheduler.add_job(
+        JOB_FUNCTION,
+        trigger=IntervalTrigger(seconds=1, timezone=UTC),
+        id="due",
+        args=("due",),
+        next_run_time=datetime.now(UTC) - timedelta(seconds=1),
+    )
+    scheduler.shutdown(wait=True)
+    assert executor.submitted == ([] if scheduler_class is FencedScheduler else ["due"])

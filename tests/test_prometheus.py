@@ -117,10 +117,11 @@ class Prometheus:
             ],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        binary = tool("prometheus")  # before the log is opened: it may skip the test
         self.log = open(workdir / "prometheus.log", "wb")
         self.process = subprocess.Popen(
             [
-                tool("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
+                binary, f"--config.file={workdir / 'prometheus.yml'}",
                 f"--storage.tsdb.path={workdir / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
             ],
