@@ -68,6 +68,8 @@ class ServiceStatus:
     discovery_errors: int
     event_loop_lag_seconds: float
     jobs: tuple[JobStatus, ...]
+    leadership_epoch: int = 0
+    history_rows_dropped: int = 0
 
 
 class SchedulerMetrics:
@@ -252,6 +254,16 @@ class _StatusCollector(Collector):
             "scheduler_is_leader",
             "1 on the active instance, 0 on a standby.",
             float(status.is_leader),
+        )
+        yield _gauge(
+            "scheduler_leadership_epoch",
+            "The leadership term this instance holds (it only grows); 0 on a standby.",
+            status.leadership_epoch,
+        )
+        yield CounterMetricFamily(
+            "scheduler_history_rows_dropped",
+            "Run-history rows the database refused even written alone (each logged).",
+            value=status.history_rows_dropped,
         )
         yield _gauge(
             "scheduler_discovery_errors",

@@ -251,6 +251,8 @@ class SchedulerService:
         health.scheduler_alive = self._scheduler_thread_alive()
         health.job_store_ok = self.role.store.healthy if self.role is not None else True
         health.history_ok = writer.healthy
+        health.history_rows_dropped = writer.dropped
+        health.epoch = self.leadership.fence.epoch or 0
         workers = self._workers()
         if self.settings.execution == "inline" or any(w.state == "ready" for w in workers):
             health.no_worker_since = None

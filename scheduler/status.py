@@ -29,6 +29,9 @@ class Health:
     no_worker_since: float | None = None
     #: While the leader's lease is not renewed (no runs start), for how long it has not been.
     lease_unrenewed_seconds: float | None = None
+    #: The leadership term held (0 on a standby), and run-history rows dropped so far.
+    epoch: int = 0
+    history_rows_dropped: int = 0
 
 
 #: How long the active instance may go without a ready worker (a restart takes well under 1 s).
@@ -150,6 +153,8 @@ def service_status(
         discovery_errors=len(catalog.failures),
         event_loop_lag_seconds=health.event_loop_lag_seconds,
         jobs=jobs,
+        leadership_epoch=health.epoch if health.leader else 0,
+        history_rows_dropped=health.history_rows_dropped,
     )
 
 

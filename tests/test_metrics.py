@@ -63,3 +63,10 @@ def test_attempts_are_counted_bucketed_and_summed() -> None:
     assert value("scheduler_job_runs_total", job_type="quiet", outcome="timeout") == 0
     assert value("scheduler_job_lag_seconds_bucket", job_type="quiet", le="+Inf") == 0
     assert len(quiet) > 40 and set(quiet.values()) == {0.0}
+
+
+def test_the_term_and_the_dropped_history_rows_are_exported() -> None:
+    status = ServiceStatus(0.0, True, 0, 0.0, (), leadership_epoch=7, history_rows_dropped=3)
+    seen = samples(SchedulerMetrics(lambda: status))
+    assert seen[("scheduler_leadership_epoch", ())] == 7
+    assert seen[("scheduler_history_rows_dropped_total", ())] == 3
