@@ -137,6 +137,16 @@ def test_a_pickled_store_migrates_keeping_every_schedule(engine: Engine, tmp_pat
             text(f"INSERT INTO {JOBS_TABLE} (id, next_run_time, job_state) VALUES ('x', 1, :s)"),
             {"s": pickle.dumps(Payload())},
         )
+        # A slot the old release ran twice (a restart within its write window), and a retry.
+        for run_id, attempt in (("first", 1), ("first", 2), ("again", 1)):
+            connection.execute(
+                text(
+                    'INSERT INTO scheduler_runs (run_id, attempt, job_type, "trigger", '
+                    "scheduled_at, started_at, outcome, instance) VALUES (:run_id, :attempt, "
+                    "'report', 'schedule', :slot, :slot, 'success', 'old')"
+                ),
+                {"run_id": run_id, "attempt": attempt, "slot": next_run},
+            )
 
     migrate(engine)
     with engine.connect() as connection:
@@ -153,6 +163,13 @@ def test_a_pickled_store_migrates_keeping_every_schedule(engine: Engine, tmp_pat
     scheduler.start(paused=True)
     jobs = {job.id: job for job in scheduler.get_jobs()}
     scheduler.shutdown()
+    with engine.connect() as connection:
+        triggers = dict(
+            connection.execute(
+                text("SELECT run_id || ':' || attempt, \"trigger\" FROM scheduler_runs")
+            ).all()
+        )
+    assert triggers == {"first:1": "schedule", "first:2": "schedule", "again:1": "recovery"}
     assert set(jobs) == {"report", "cleanup"}
     for job in jobs.values():
         assert abs((job.next_run_time - next_run).total_seconds()) < 1e-3
