@@ -3,6 +3,7 @@ And a PostgreSQL outage: the service stays up and resumes on its own."""
 
 from __future__ import annotations
 
+import collections
 import signal
 import time
 from collections.abc import Iterator
@@ -90,9 +91,12 @@ def test_postgres_outage_is_survived_without_a_restart(
     try:
         factory.write_task("pulse.py", task_source("pulse", QUICK, interval_seconds=0.5))
         factory.write_task("hourly.py", task_source("hourly", QUICK, interval_seconds=3600))
+        factory.defaults.update(SCHEDULER_LEASE_SECONDS="3")
         service = factory()
         factory.wait_for_runs("pulse", 3)
         factory.wait_for_runs("hourly", 1)
+        standby = factory()
+        standby.wait_for_log("standby: another instance is active", timeout=30)
         hourly_next = factory.stored_next_run_time("hourly")
         factory.engine.dispose()
 
@@ -113,7 +117,26 @@ def test_postgres_outage_is_survived_without_a_restart(
         service.wait_for_log("database reachable again")
         wait_until(lambda: service.get("/healthz")[0] == 200, what="healthy again")
         assert factory.stored_next_run_time("hourly") == hourly_next  # no schedule lost
+        # One leader after the outage (whichever won the next term), and the pulses that fell
+        # due meanwhile recorded as missed.
+        leaders = wait_until(
+            lambda: [p for p in (service, standby) if p.get("/readyz")[0] == 200],
+            timeout=15,
+            what="a leader after the outage",
+        )
+        assert len(leaders) == 1
+        missed = [r for r in factory.runs("pulse") if r.skip_reason == "missed"]
+        assert missed and "did not happen" in str(missed[0].error)
         assert service.stop() == 0
+        assert standby.stop() == 0
+        rows = factory.runs()
+        assert [r for r in rows if r.outcome == "running"] == []
+        firsts = collections.Counter(
+            (r.job_type, r.scheduled_at)
+            for r in rows
+            if r.trigger == "schedule" and r.attempt == 1 and r.outcome != "skipped"
+        )
+        assert [slot for slot, count in firsts.items() if count > 1] == []
     finally:
         factory.close()
 
