@@ -278,14 +278,26 @@ class HistoryWriter:
         # (PostgreSQL refuses to touch a row twice in one statement), so a start and an end in
         # one batch (runs that did not wait for their row, in an outage) are written as the end.
         latest = {row[:2]: index for index, row in enumerate(batch)}  # (run_id, attempt)
-        starts = [i for i in latest.values() if batch[i][_OUTCOME] == Outcome.RUNNING]
-        ends = [batch[i] for i in latest.values() if batch[i][_OUTCOME] != Outcome.RUNNING]
+        starts: list[int] = []  # fenced, each refused if its slot has a first attempt
+        skips: list[int] = []  # fenced: a term's successor records what it did not run
+        ends: list[tuple[Any, ...]] = []  # not fenced: what happened is recorded whoever leads
+        for index in latest.values():
+            outcome = batch[index][_OUTCOME]
+            if outcome == Outcome.RUNNING:
+                starts.append(index)
+            elif outcome == Outcome.SKIPPED:
+                skips.append(index)
+            else:
+                ends.append(batch[index])
         refused: dict[int, StartRefusal] = {}
-        if starts:
+        if starts or skips:
             try:
                 self._fence.check(connection)
             except StaleLeadershipError:
                 refused = dict.fromkeys(starts, StartRefusal.NOT_LEADER)
+                if skips:
+                    log.info("skips not recorded: this instance's term has ended", rows=len(skips))
+                skips = []
             else:
                 inserted = {
                     (run_id, attempt)
@@ -296,7 +308,7 @@ class HistoryWriter:
                 refused = {
                     i: StartRefusal.SLOT_TAKEN for i in starts if batch[i][:2] not in inserted
                 }
-        self._upsert.execute(connection, ends)
+        self._upsert.execute(connection, [*ends, *(batch[i] for i in skips)])
         return refused
 
     def _write_one_by_one(self, batch: list[tuple[Any, ...]]) -> dict[int, StartRefusal]:

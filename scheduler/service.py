@@ -65,7 +65,7 @@ class SchedulerService:
         self.catalog = catalog
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self.health = Health()
-        self.engine = create_database_engine(settings.database_url)
+        self.engine = _main_engine(settings)
         self.leadership = Leadership(
             leader_lock_for(settings.database_url),
             _lease_engine(settings),
@@ -357,6 +357,18 @@ class SchedulerService:
         await asyncio.to_thread(self.leadership.close)
         self.engine.dispose()
         log.info("scheduler stopped")
+
+
+def _main_engine(settings: ServiceSettings) -> Engine:
+    """The engine of the run history and the job store. On PostgreSQL, the server ends a
+    session left idle inside a transaction for half the lease: a leader paused in the middle of
+    a fenced write holds the leadership row's lock, and would otherwise hold back its successor
+    for as long as it stays paused. (On SQLite no server can do that: see the README.)"""
+    if is_sqlite(normalize_url(settings.database_url)):
+        return create_database_engine(settings.database_url)
+    idle_ms = int(settings.lease_seconds / 2 * 1000)
+    options = f"-c idle_in_transaction_session_timeout={idle_ms}"
+    return create_database_engine(settings.database_url, connect_args={"options": options})
 
 
 def _lease_engine(settings: ServiceSettings) -> Engine:

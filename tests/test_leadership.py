@@ -213,3 +213,24 @@ def test_the_lock_of_a_dead_leader_hands_over_at_once(database_url: str, tmp_pat
     finally:
         a.close()
         b.close()
+
+
+def test_a_session_left_idle_in_a_transaction_is_ended_within_half_the_lease(
+    postgres_url: str,
+) -> None:
+    """A leader paused inside a fenced write holds the leadership row: the server must end
+    that session, or the pause would hold back the successor for as long as it lasts."""
+    from sqlalchemy import text
+
+    from scheduler.service import _main_engine
+    from scheduler.settings import load_settings
+
+    engine = _main_engine(
+        load_settings(database_url=postgres_url, heartbeat_seconds=1, lease_seconds=4)
+    )
+    try:
+        with engine.connect() as connection:
+            timeout = connection.execute(text("SHOW idle_in_transaction_session_timeout"))
+            assert timeout.scalar_one() == "2s"
+    finally:
+        engine.dispose()
