@@ -276,6 +276,7 @@ def test_a_stale_term_starts_nothing_but_its_endings_are_kept(engine: Engine) ->
     assert old.epoch is None and len(ended) == 1
     finished = record(run_id=running.run_id, outcome="success", finished_at=datetime.now(UTC))
     writer.write(finished)
+    writer.write(record(outcome="skipped", skip_reason="missed"))  # the successor's to record
     assert writer.close()
     (stored,) = RunHistory(engine).recent("job")
     assert (stored.run_id, stored.outcome) == (running.run_id, "success")
