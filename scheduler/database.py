@@ -25,7 +25,8 @@ from sqlalchemy.types import TypeEngine
 from .errors import ConfigurationError
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
-#: UPDATE ... FROM (3.33), RETURNING (3.35) and the JSON functions, which the batch writes use
+#: UPDATE ... FROM (3.33), ON CONFLICT DO NOTHING without a target (3.35) and the JSON
+#: functions, which the batch writes use
 SQLITE_MINIMUM = (3, 35, 0)
 
 
@@ -117,7 +118,8 @@ class BatchStatement:
 
     For the writes that happen thousands of times a second. `sql` holds `{rows}` where a row
     source goes, whose columns are named column1, column2, ... (usable as `INSERT ... {rows}`
-    or `FROM ({rows}) AS v`); rows are tuples in the order of `columns`.
+    or `FROM ({rows}) AS v`); rows are tuples in the order of `columns`. `{param}` marks where
+    each further parameter of `execute` goes, after the rows.
 
     The rows are bound as one JSON array and unpacked by the database (`json_each` on SQLite,
     `json_array_elements` with a cast per column on PostgreSQL): one constant statement,
@@ -141,7 +143,7 @@ class BatchStatement:
             unpacked = ", ".join(
                 f"json_extract(value, '$[{i}]') AS column{i + 1}" for i in range(len(columns))
             )
-            self.sql = sql.format(rows=f"SELECT {unpacked} FROM json_each(?) WHERE true")
+            self.sql = sql.format(rows=f"SELECT {unpacked} FROM json_each(?) WHERE true", param="?")
         else:
             compile_type = dialect.type_compiler_instance.process
             unpacked = ", ".join(
@@ -149,15 +151,19 @@ class BatchStatement:
                 for i, type_ in enumerate(columns)
             )
             self.sql = sql.format(
-                rows=f"SELECT {unpacked} FROM json_array_elements(%s::json) AS batch(value)"
+                rows=f"SELECT {unpacked} FROM json_array_elements(%s::json) AS batch(value)",
+                param="%s",
             )
 
-    def execute(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> list[Any]:
-        """Run the statement over `rows`; the rows it returns (with RETURNING), if any."""
+    def execute(self, connection: Connection, rows: Sequence[Sequence[Any]], *params: Any) -> int:
+        """Run the statement over `rows`; how many rows it changed.
+
+        No RETURNING: on SQLite each returned row is a step of its own, and a step gives up the
+        GIL, which a busy loop thread then holds for up to a switch interval."""
         if not rows:
-            return []
-        result = connection.exec_driver_sql(self.sql, (_json_array(self._converted(rows)),))
-        return list(result) if result.returns_rows else []
+            return 0
+        rows_json = _json_array(self._converted(rows))
+        return int(connection.exec_driver_sql(self.sql, (rows_json, *params)).rowcount)
 
     def _converted(self, rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
         """`rows` with the dialect's conversions applied, a column at a time."""

@@ -40,7 +40,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
 from .database import BatchStatement
 from .errors import StaleLeadershipError
@@ -54,7 +54,7 @@ from .records import (
     StartRefusal,
     clean_text,
 )
-from .tables import quarantines, runs
+from .tables import leadership, quarantines, runs
 
 log = structlog.get_logger(__name__)
 
@@ -137,6 +137,7 @@ class HistoryWriter:
         #: Rows the database refused even alone (logged each).
         self.dropped = 0
         self._upsert = _upsert_statement(engine)
+        self._guarded_upsert = _upsert_statement(engine, guarded=True)
         self._insert_starts = _insert_starts_statement(engine)
         self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
         self._thread.start()
@@ -249,10 +250,16 @@ class HistoryWriter:
         """Write the batch, retrying while the database is unreachable; the refused starts,
         by their index in the batch."""
         delay = self._retry_seconds
+        careful = False
         while True:
             try:
                 with self._engine.begin() as connection:
-                    refused = self._write(connection, batch)
+                    refused = self._write(connection, batch, careful=careful)
+            except IntegrityError:
+                if careful:  # each kind on its own did not help: a row's own content
+                    return self._write_one_by_one(batch)
+                careful = True  # a slot already taken, most likely
+                continue
             except (OperationalError, InterfaceError) as error:  # an outage: wait and retry
                 if self._healthy:
                     log.warning("run history write failed; retrying", error=str(error))
@@ -272,16 +279,38 @@ class HistoryWriter:
             return refused
 
     def _write(
-        self, connection: Connection, batch: list[tuple[Any, ...]]
+        self, connection: Connection, batch: list[tuple[Any, ...]], *, careful: bool = False
     ) -> dict[int, StartRefusal]:
+        """Write the batch; the refused starts by index. Usually one statement, guarded by the
+        epoch (on SQLite every statement costs the writer a GIL hand-over beside a busy loop);
+        `careful`, or when that statement did not write every row, each kind on its own."""
         # A row is upserted whole; a later state of the same attempt replaces an earlier one
         # (PostgreSQL refuses to touch a row twice in one statement), so a start and an end in
         # one batch (runs that did not wait for their row, in an outage) are written as the end.
-        latest = {row[:2]: index for index, row in enumerate(batch)}  # (run_id, attempt)
+        latest = list({row[:2]: index for index, row in enumerate(batch)}.values())
+        epoch = self._fence.epoch
+        if careful or epoch is None:
+            return self._write_carefully(connection, batch, latest)
+        try:
+            if self._fence.check_due():  # it renews the lease, and takes the row's lock
+                self._fence.check(connection)
+            rows = [batch[i] for i in latest]
+            # A slot taken raises IntegrityError: the batch is then written carefully.
+            if self._guarded_upsert.execute(connection, rows, epoch) == len(rows):
+                return {}
+        except StaleLeadershipError:
+            pass
+        return self._write_carefully(connection, batch, latest)
+
+    def _write_carefully(
+        self, connection: Connection, batch: list[tuple[Any, ...]], latest: list[int]
+    ) -> dict[int, StartRefusal]:
+        """Each kind of row on its own: starts one by one refused if their slot is taken, all
+        of them and the skips if the term has ended; the endings written whatever happens."""
         starts: list[int] = []  # fenced, each refused if its slot has a first attempt
         skips: list[int] = []  # fenced: a term's successor records what it did not run
         ends: list[tuple[Any, ...]] = []  # not fenced: what happened is recorded whoever leads
-        for index in latest.values():
+        for index in latest:
             outcome = batch[index][_OUTCOME]
             if outcome == Outcome.RUNNING:
                 starts.append(index)
@@ -299,15 +328,12 @@ class HistoryWriter:
                     log.info("skips not recorded: this instance's term has ended", rows=len(skips))
                 skips = []
             else:
-                inserted = {
-                    (run_id, attempt)
-                    for run_id, attempt in self._insert_starts.execute(
-                        connection, [batch[i] for i in starts]
-                    )
-                }
-                refused = {
-                    i: StartRefusal.SLOT_TAKEN for i in starts if batch[i][:2] not in inserted
-                }
+                rows = [batch[i] for i in starts]
+                if self._insert_starts.execute(connection, rows) < len(rows):
+                    inserted = _present(connection, [row[:2] for row in rows])
+                    refused = {
+                        i: StartRefusal.SLOT_TAKEN for i in starts if batch[i][:2] not in inserted
+                    }
         self._upsert.execute(connection, [*ends, *(batch[i] for i in skips)])
         return refused
 
@@ -318,7 +344,7 @@ class HistoryWriter:
         for index, row in enumerate(batch):
             try:
                 with self._engine.begin() as connection:
-                    for why in self._write(connection, [row]).values():
+                    for why in self._write(connection, [row], careful=True).values():
                         refused[index] = why
             except Exception as error:
                 self.dropped += 1
@@ -384,19 +410,25 @@ _row_of = operator.attrgetter(*_ROW_FIELDS)
 
 
 def _insert_starts_statement(engine: Engine) -> BatchStatement:
-    """Insert `running` rows, skipping any the unique indexes refuse (a slot already run);
-    returns (run_id, attempt) of those inserted."""
+    """Insert `running` rows, skipping any a unique index refuses (a slot already run)."""
     quote = engine.dialect.identifier_preparer.quote
     columns = ", ".join(quote(name) for name in _ROW_FIELDS)
-    sql = (
-        f"INSERT INTO {quote(runs.name)} ({columns}) {{rows}} "
-        f"ON CONFLICT DO NOTHING RETURNING {quote('run_id')}, {quote('attempt')}"
-    )
+    sql = f"INSERT INTO {quote(runs.name)} ({columns}) {{rows}} ON CONFLICT DO NOTHING"
     return BatchStatement(sql, [runs.c[name].type for name in _ROW_FIELDS], engine.dialect)
 
 
-def _upsert_statement(engine: Engine) -> BatchStatement:
-    """Insert rows, or complete those already there: a start, an end, or both at once."""
+def _present(connection: Connection, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Which of these (run id, attempt) the table holds (after an insert that skipped some)."""
+    query = select(runs.c.run_id, runs.c.attempt).where(
+        runs.c.run_id.in_(sorted({run_id for run_id, _ in keys}))
+    )
+    present = {(run_id, attempt) for run_id, attempt in connection.execute(query)}
+    return present & set(keys)
+
+
+def _upsert_statement(engine: Engine, *, guarded: bool = False) -> BatchStatement:
+    """Insert rows, or complete those already there: a start, an end, or both at once.
+    `guarded`: only if the epoch given (the one parameter) is still the current term's."""
     quote = engine.dialect.identifier_preparer.quote
     columns = ", ".join(quote(name) for name in _ROW_FIELDS)
     # started_at too: the `running` row is written before the run's body starts (DurableStarts);
@@ -404,8 +436,12 @@ def _upsert_statement(engine: Engine) -> BatchStatement:
     completed = ", ".join(
         f"{quote(name)} = excluded.{quote(name)}" for name in ("started_at", *_FINAL_FIELDS)
     )
+    source = "{rows}"
+    if guarded:
+        term = f"SELECT 1 FROM {quote(leadership.name)} WHERE id = 1 AND epoch = {{param}}"
+        source = f"SELECT * FROM ({{rows}}) AS v WHERE EXISTS ({term})"
     sql = (
-        f"INSERT INTO {quote(runs.name)} ({columns}) {{rows}} "
+        f"INSERT INTO {quote(runs.name)} ({columns}) {source} "
         f"ON CONFLICT ({quote('run_id')}, {quote('attempt')}) DO UPDATE SET {completed}"
     )
     return BatchStatement(sql, [runs.c[name].type for name in _ROW_FIELDS], engine.dialect)

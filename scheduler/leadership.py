@@ -155,9 +155,17 @@ def leader_lock_for(database_url: str) -> LeaderLock:
 
 class Fence:
     """This instance's current term (None while it does not lead), checked inside a write's
-    own transaction. A refused check ends the term here at once and tells the listeners."""
+    own transaction. A refused check ends the term here at once and tells the listeners; a
+    check that passes renews the term's lease too (`on_renewed`): under load on SQLite the
+    history writer holds the one write lock nearly all the time, and a renewal of its own would
+    starve behind it."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, on_renewed: Callable[[], None] = lambda: None, renew_every: float = 1.0
+    ) -> None:
+        self._on_renewed = on_renewed
+        self._renew_every = renew_every
+        self._checked_at = 0.0  # time.monotonic() of the last check that passed
         self._epoch: int | None = None
         self._listeners: list[Callable[[int], None]] = []
         self._lock = threading.Lock()
@@ -177,20 +185,27 @@ class Fence:
         self._epoch = None
 
     def check(self, connection: Connection) -> None:
-        """Raise `StaleLeadershipError` unless this instance's term is the current one. A no-op
-        write of the leadership row: it takes the row's lock, so a takeover cannot commit
-        between this check and the caller's commit."""
+        """Raise `StaleLeadershipError` unless this instance's term is the current one. A write
+        of the leadership row (its beat): it takes the row's lock, so a takeover cannot commit
+        between this check and the caller's commit, and it shows standbys the leader is alive."""
         epoch = self._epoch
         if epoch is None:
             raise StaleLeadershipError("this instance does not lead")
         result = connection.execute(
             update(leadership)
             .where(leadership.c.id == ROW, leadership.c.epoch == epoch)
-            .values(epoch=leadership.c.epoch)
+            .values(beat=leadership.c.beat + 1)
         )
         if result.rowcount != 1:
             self.stale(epoch)
             raise StaleLeadershipError(f"leadership term {epoch} has ended: another instance leads")
+        self._checked_at = time.monotonic()
+        self._on_renewed()
+
+    def check_due(self) -> bool:
+        """Whether a write should `check` (and so renew the lease) rather than only guard its
+        statement with the epoch: at most every `renew_every` seconds."""
+        return time.monotonic() - self._checked_at >= self._renew_every
 
     def stale(self, epoch: int) -> None:
         with self._lock:
@@ -214,7 +229,7 @@ class Leadership:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.lock = lock
-        self.fence = Fence()
+        self.fence = Fence(self._renewed, renew_every=lease_seconds / 10)
         self.lease_seconds = lease_seconds
         self._engine = engine
         self._instance = instance
@@ -284,9 +299,13 @@ class Leadership:
         log.info("leadership term won", epoch=seen_epoch + 1, by=why)
         return True
 
+    def _renewed(self) -> None:
+        self._renewed_at = self._clock()
+
     def renew(self) -> bool:
         """The leader's heartbeat: False if its term has ended (another instance took over).
-        A renewal the database did not take leaves the lease to run down (`lease_valid`)."""
+        A renewal the database did not take leaves the lease to run down (`lease_valid`); one
+        is not tried while the fenced writes renew the term often enough."""
         epoch = self.fence.epoch
         if epoch is None:
             return False
@@ -295,6 +314,8 @@ class Leadership:
             self._holds_lock = False
         elif not self._holds_lock:
             self._holds_lock = self.lock.try_acquire()
+        if self._clock() - self._renewed_at < self.lease_seconds / 10:
+            return True
         try:
             with self._engine.begin() as connection:
                 renewed = connection.execute(
