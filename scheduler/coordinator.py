@@ -264,7 +264,9 @@ class RunCoordinator:
             "not happen: the scheduler could not run them then (stopped, paused, or its "
             "database unreachable or locked); only the one due at the latest time runs"
         )
-        self.skip(job_type, SkipReason.MISSED, why, first)
+        # At info: under overload every coalesced wakeup has some, and a warning line each
+        # costs the loop as much as a run; the row and the metric say it all the same.
+        self.skip(job_type, SkipReason.MISSED, why, first, quiet=True)
 
     def skip(
         self,
@@ -274,8 +276,11 @@ class RunCoordinator:
         scheduled_time: datetime | None = None,
         run_id: str | None = None,
         trigger: Trigger = Trigger.SCHEDULE,
+        *,
+        quiet: bool = False,
     ) -> RunSummary:
-        """Record a run that did not happen, and why. Safe to call from any thread."""
+        """Record a run that did not happen, and why (logged at info if `quiet`). Safe to call
+        from any thread."""
         now = utcnow()
         record = RunRecord(
             run_id=run_id or new_run_id(),
@@ -293,7 +298,8 @@ class RunCoordinator:
         self._history.recorded(record)
         self._states.skipped(job_type, reason, why, now)
         self._observer.skipped(job_type, reason)
-        log.warning("run skipped", job_type=job_type, run_id=record.run_id, reason=reason, why=why)
+        emit = log.info if quiet else log.warning
+        emit("run skipped", job_type=job_type, run_id=record.run_id, reason=reason, why=why)
         return RunSummary(record.run_id, job_type, Outcome.SKIPPED, 0, reason, why)
 
     async def drain(self, grace_seconds: float) -> int:
