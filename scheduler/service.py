@@ -270,11 +270,6 @@ class SchedulerService:
 
     async def _lead(self, writer: HistoryWriter) -> None:
         """Become the active instance: recover, reconcile, then let the scheduler run."""
-        log.info(
-            "active: this instance runs the jobs",
-            instance=self.instance,
-            epoch=self.leadership.fence.epoch,
-        )
         self._lease_paused = False
         self.role = await ActiveRole.take(
             self.settings,
@@ -286,6 +281,12 @@ class SchedulerService:
             self.leadership,
         )
         self.health.leader = True
+        # Once the role is whole: the API's actions work from this line on.
+        log.info(
+            "active: this instance runs the jobs",
+            instance=self.instance,
+            epoch=self.leadership.fence.epoch,
+        )
 
     async def _demote(self) -> None:
         """The term ended: start nothing more, let the runs in progress finish, stand by."""
