@@ -161,7 +161,7 @@ def _parse_time(where: str, name: str, value: Any) -> datetime | None:
 
 
 def _zone_name(zone: tzinfo) -> str:
-    if zone in (UTC,) or getattr(zone, "key", None) == "UTC":
+    if zone == UTC or getattr(zone, "key", None) == "UTC":
         return "UTC"
     key = getattr(zone, "key", None) or getattr(zone, "zone", None)
     if not isinstance(key, str):
