@@ -20,6 +20,7 @@ from .errors import (
     SchedulerError,
     UnknownJobTypeAttributeError,
     UnknownJobTypeError,
+    UnknownJobTypeNameError,
 )
 from .job_types import JobType
 from .metadata import JobMetadata, SourceLocation
@@ -84,6 +85,7 @@ __all__ = [
     "Trigger",
     "UnknownJobTypeAttributeError",
     "UnknownJobTypeError",
+    "UnknownJobTypeNameError",
     "ValueOrigin",
     "discover",
     "env_requirement",

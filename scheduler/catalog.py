@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from .dependencies import dependency_cycles, unknown_dependencies
-from .discovery import DiscoveryFailure, DiscoveryReport, discover
+from .dependencies import (
+    dependency_cycles,
+    disabled_dependencies,
+    disabled_dependency_problem,
+    disabled_dependency_reason,
+    unknown_dependencies,
+)
+from .discovery import DiscoveryFailure, DiscoveryReport, discover, log_ignored
 from .isolated_discovery import discover_isolated, probe_requirements
 from .job_config import ResolvedJob, resolve_job_configs
 from .registry import JobRegistry
@@ -40,7 +47,25 @@ class JobCatalog:
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not self.failures
+        """Whether `check` passes. A job that can never run fails it, though the service still
+        starts (with a warning) so that the other jobs run."""
+        return not self.problems and not self.failures and not self.never_run()
+
+    @functools.cached_property
+    def waiting_on_disabled(self) -> Mapping[str, tuple[str, ...]]:
+        """Enabled jobs that never run because they depend on a disabled job -> the path to it.
+        Computed once: the status asks for every job on every request."""
+        return disabled_dependencies(self.jobs)
+
+    def never_run(self) -> list[str]:
+        """One line per job that never runs as configured (a disabled dependency)."""
+        waiting = self.waiting_on_disabled.items()
+        return [disabled_dependency_problem(job_type, path) for job_type, path in waiting]
+
+    def blocked_by_dependencies(self) -> dict[str, list[str]]:
+        """Job type -> why it is blocked by a disabled dependency (for its state)."""
+        waiting = self.waiting_on_disabled.items()
+        return {job_type: [disabled_dependency_reason(path)] for job_type, path in waiting}
 
     def source_file(self, job_type: str) -> Path | None:
         return self.discovery.job_files.get(job_type)
@@ -61,6 +86,12 @@ class JobCatalog:
             if why:
                 blocked[job_type] = why
         return blocked
+
+
+def requirement_warning(job_type: str, why: str) -> str:
+    """What `scheduler check` prints and the service logs at start-up for a job held back by an
+    unavailable requirement: not an error, since the requirement may become available later."""
+    return f"job {job_type!r} is blocked: {why}"
 
 
 def load_catalog(
@@ -92,7 +123,7 @@ def load_catalog(
     ]
     for warning in warnings:
         log.warning(warning)
-    return JobCatalog(
+    catalog = JobCatalog(
         report,
         resolved.jobs,
         tuple(problems),
@@ -100,9 +131,14 @@ def load_catalog(
         isolated=isolated,
         timeout_seconds=settings.discovery_timeout_seconds,
     )
+    for job_type, path in catalog.waiting_on_disabled.items():
+        problem = disabled_dependency_problem(job_type, path)
+        log.warning(problem, job_type=job_type, disabled_dependency=path[-1])
+    return catalog
 
 
 def _log_discovery(report: DiscoveryReport) -> None:
+    log_ignored(report)
     for failure in report.failures:
         log.error("task file failed to import", path=str(failure.path), error=failure.error)
         if failure.traceback:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from .backends import InlineBackend
-from .catalog import JobCatalog, load_catalog
+from .catalog import JobCatalog, load_catalog, requirement_warning
 from .coordinator import NoHistory, RunCoordinator
 from .database import create_database_engine, is_sqlite, normalize_url, sqlite_path
 from .errors import SchedulerError
@@ -110,7 +110,7 @@ def list_command(
 ) -> None:
     """List discovered jobs, their effective settings and where overrides came from."""
     catalog = _quiet_catalog(tasks_dir, config_file, verbose)
-    blocked = asyncio.run(catalog.blocked_by_requirements())
+    blocked = _blocked(catalog)
     quarantined = stored_quarantines(_settings())
     jobs = list(catalog.jobs.values())
     if as_json:
@@ -135,12 +135,15 @@ def check(tasks_dir: Path | None, config_file: Path | None, verbose: bool) -> No
     _report(catalog, verbose)
     for job_type, reasons in blocked.items():
         for why in reasons:
-            click.echo(f"warning: job {job_type!r} is blocked: {why}", err=True)
+            click.echo(f"warning: {requirement_warning(job_type, why)}", err=True)
     if not catalog.ok:
-        count = len(catalog.failures) + len(catalog.problems)
+        count = len(catalog.failures) + len(catalog.problems) + len(catalog.never_run())
         click.echo(f"check failed: {count} problem(s)", err=True)
         sys.exit(1)
-    click.echo(f"ok: {len(catalog.jobs)} job(s) in {catalog.discovery.tasks_dir}")
+    summary = f"ok: {len(catalog.jobs)} job(s) in {catalog.discovery.tasks_dir}"
+    if blocked:  # not a failure (a requirement may become available later), but not hidden
+        summary += f"; {len(blocked)} blocked by an unavailable requirement (see the warnings)"
+    click.echo(summary)
 
 
 @cli.command()
@@ -265,12 +268,21 @@ def stored_quarantines(settings: ServiceSettings) -> dict[str, str]:
     return {job_type: reason for job_type, (reason, _, _) in stored.items() if reason}
 
 
+def _blocked(catalog: JobCatalog) -> dict[str, list[str]]:
+    """Why each blocked job is: a disabled dependency, an unavailable requirement (providers are
+    asked), in the catalog's order."""
+    blocked = catalog.blocked_by_dependencies()
+    for job_type, reasons in asyncio.run(catalog.blocked_by_requirements()).items():
+        blocked.setdefault(job_type, []).extend(reasons)
+    return {job_type: blocked[job_type] for job_type in catalog.jobs if job_type in blocked}
+
+
 def _report(catalog: JobCatalog, verbose: bool = False) -> None:
     for failure in catalog.failures:
         click.echo(f"error: task file {failure}", err=True)
         if verbose and failure.traceback:
             click.echo(failure.traceback.rstrip(), err=True)
-    for problem in catalog.problems:
+    for problem in [*catalog.problems, *catalog.never_run()]:
         click.echo(f"error: {problem}", err=True)
     for warning in catalog.warnings:
         click.echo(f"warning: {warning}", err=True)

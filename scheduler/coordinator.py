@@ -18,6 +18,7 @@ import structlog
 
 from .backends import ExecutionBackend
 from .base import JobContext
+from .dependencies import disabled_dependencies, disabled_dependency_reason
 from .job_config import ResolvedJob
 from .job_state import JobStates
 from .job_types import JobType
@@ -126,6 +127,11 @@ class RunCoordinator:
         gate: Callable[[], StartRefusal | None] = always_open,
     ) -> None:
         self._jobs = jobs
+        #: Jobs that wait on a disabled job: their dependency's old success must not let them run.
+        self._waits_on_disabled = {
+            job_type: disabled_dependency_reason(path)
+            for job_type, path in disabled_dependencies(jobs).items()
+        }
         self._history = history
         self._states = states
         self._slots = slots
@@ -345,7 +351,9 @@ class RunCoordinator:
                 job_type, SkipReason.QUARANTINED, quarantined, scheduled_time, run_id, trigger
             )
         if self._check_dependencies:
-            blocker = self._states.dependency_blocker(job.metadata.dependencies)
+            blocker = self._waits_on_disabled.get(job_type) or self._states.dependency_blocker(
+                job.metadata.dependencies
+            )
             if blocker is not None:
                 return self.skip(
                     job_type, SkipReason.DEPENDENCY, blocker, scheduled_time, run_id, trigger

@@ -1,11 +1,17 @@
-"""The dependency graph between jobs: unknown names and cycles are configuration problems."""
+"""The dependency graph between jobs: unknown names and cycles are configuration problems, and
+a dependency on a disabled job keeps its dependants from ever running."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from .job_config import ResolvedJob
 from .metadata import JobMetadata
 from .suggestions import did_you_mean
+
+#: How alike a name must be to be suggested while task files failed to import: the missing job
+#: is then more likely in one of them than a misspelling of a job that did load.
+TYPO_CUTOFF = 0.85
 
 
 def unknown_dependencies(
@@ -13,18 +19,22 @@ def unknown_dependencies(
 ) -> list[str]:
     """One line per dependency on a job that is not registered.
 
-    When task files failed to import, the missing job may be declared in one of them; the
-    message says so.
+    When task files failed to import, the missing job is most likely declared in one of them:
+    the message says so, and suggests another name only if it is very close (a typo).
     """
     graph = {meta.job_type: meta.dependencies for meta in jobs}
     problems = []
     for job_type, needs in graph.items():
+        others = [other for other in graph if other != job_type]  # never the job itself
         for need in needs:
-            if need not in graph:
-                hint = did_you_mean(need, graph)
-                if not hint and failed_files:
-                    hint = f" (task files that failed to import: {', '.join(failed_files)})"
-                problems.append(f"job {job_type!r} depends on unknown job {need!r}{hint}")
+            if need in graph:
+                continue
+            if failed_files:
+                hint = did_you_mean(need, others, cutoff=TYPO_CUTOFF)
+                hint += f" (task files that failed to import: {', '.join(failed_files)})"
+            else:
+                hint = did_you_mean(need, others)
+            problems.append(f"job {job_type!r} depends on unknown job {need!r}{hint}")
     return problems
 
 
@@ -37,6 +47,56 @@ def dependency_problems(jobs: Iterable[JobMetadata], failed_files: Sequence[str]
     """Every dependency on an unknown job, and every cycle, each as one readable line."""
     jobs = list(jobs)
     return [*unknown_dependencies(jobs, failed_files), *dependency_cycles(jobs)]
+
+
+def disabled_dependencies(jobs: Mapping[str, ResolvedJob]) -> dict[str, tuple[str, ...]]:
+    """Each enabled job that waits on a disabled job -> the path to it, from the job's own
+    dependency to the disabled one (`("b", "a")`: it depends on 'b', which depends on disabled
+    'a'). A run waits for the latest run of each dependency to have succeeded, and a disabled
+    job never runs, so such a job never runs either."""
+    paths: dict[str, tuple[str, ...]] = {}
+    changed = True
+    while changed:  # until no job is added: a job may wait on one only found blocked later
+        changed = False
+        for job_type, job in jobs.items():
+            if job_type in paths or not job.config.enabled:
+                continue
+            path = _path_to_disabled(job.metadata.dependencies, jobs, paths)
+            if path:
+                paths[job_type] = path
+                changed = True
+    return {job_type: paths[job_type] for job_type in jobs if job_type in paths}
+
+
+def _path_to_disabled(
+    needs: Sequence[str], jobs: Mapping[str, ResolvedJob], paths: Mapping[str, tuple[str, ...]]
+) -> tuple[str, ...]:
+    for need in needs:
+        dependency = jobs.get(need)
+        if dependency is not None and not dependency.config.enabled:
+            return (need,)
+        if need in paths:
+            return (need, *paths[need])
+    return ()  # unknown dependencies are reported as such, not here
+
+
+def disabled_dependency_problem(job_type: str, path: Sequence[str]) -> str:
+    """What `scheduler check` and the service's start-up say about one such job."""
+    through = f" (through {' -> '.join(map(repr, path[:-1]))})" if len(path) > 1 else ""
+    return (
+        f"job {job_type!r} depends on disabled job {path[-1]!r}{through}: it never runs until "
+        f"{path[-1]!r} is enabled (a job runs only after its dependencies' latest runs succeeded)"
+    )
+
+
+def disabled_dependency_reason(path: Sequence[str]) -> str:
+    """Why such a job is blocked, for its state in `scheduler list` and the status."""
+    if len(path) == 1:
+        return f"dependency {path[0]!r} is disabled: this job never runs until it is enabled"
+    return (
+        f"dependency {path[0]!r} waits on disabled job {path[-1]!r}: this job never runs until "
+        f"{path[-1]!r} is enabled"
+    )
 
 
 def find_cycles(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:

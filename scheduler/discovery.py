@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import time
 import traceback
@@ -43,6 +44,21 @@ class DiscoveryFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class IgnoredFile:
+    """A `.py` file under the tasks folder that gave no job: not imported (a helper, a file in a
+    sub-folder), or imported and declaring none. Logged at debug level (`-v`), so that "why
+    does my job not appear?" has an answer."""
+
+    path: Path
+    why: str
+
+
+NO_JOB = "declares no @job"
+IN_SUB_FOLDER = "in a sub-folder: only top-level files are discovered"
+HELPER = "its name starts with '_': a helper, imported only by the task files that import it"
+
+
+@dataclass(frozen=True, slots=True)
 class DiscoveryReport:
     """What one discovery pass found."""
 
@@ -53,11 +69,37 @@ class DiscoveryReport:
     #: job type -> the task file that declared it
     job_files: dict[str, Path]
     seconds: float
+    #: Files that were not imported, or declared no job, and why.
+    ignored: tuple[IgnoredFile, ...] = ()
 
 
 def task_files(tasks_dir: Path) -> list[Path]:
     """The task files discovery imports: `*.py`, not starting with `_`, in name order."""
     return sorted(p for p in tasks_dir.glob("*.py") if not p.name.startswith("_"))
+
+
+def skipped_files(tasks_dir: Path) -> list[IgnoredFile]:
+    """The `.py` files of the tasks folder that discovery does not import: helpers, and files
+    in sub-folders (hidden folders and `__pycache__` are not looked into)."""
+    skipped = [IgnoredFile(p, HELPER) for p in tasks_dir.glob("_*.py")]
+    for folder, subfolders, names in os.walk(tasks_dir):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "__pycache__"]
+        if Path(folder) != tasks_dir:
+            skipped += [
+                IgnoredFile(Path(folder, n), IN_SUB_FOLDER) for n in names if n.endswith(".py")
+            ]
+    return skipped
+
+
+def ignored_files(tasks_dir: Path, files_without_jobs: Sequence[Path]) -> tuple[IgnoredFile, ...]:
+    """Everything a user might expect jobs from that gave none, in path order."""
+    ignored = [*skipped_files(tasks_dir), *(IgnoredFile(p, NO_JOB) for p in files_without_jobs)]
+    return tuple(sorted(ignored, key=lambda file: file.path))
+
+
+def log_ignored(report: DiscoveryReport) -> None:
+    for file in report.ignored:
+        log.debug("task file ignored", path=str(file.path), why=file.why)
 
 
 class DiscoveryListener(Protocol):
@@ -85,6 +127,7 @@ def discover(
     modules: list[str] = []
     failures: list[DiscoveryFailure] = []
     job_files: dict[str, Path] = {}
+    without_jobs: list[Path] = []
     for path in task_files(tasks_dir) if files is None else files:
         before = {m.job_type for m in JobRegistry.list_jobs()}
         if listener is not None:
@@ -99,6 +142,8 @@ def discover(
             modules.append(f"{TASKS_PACKAGE}.{path.stem}")
             new = [m.job_type for m in JobRegistry.list_jobs() if m.job_type not in before]
             job_files.update((job_type, path) for job_type in new)
+            if not new:
+                without_jobs.append(path)
         if listener is not None:
             listener.finished(path, failure, new)
 
@@ -109,7 +154,11 @@ def discover(
         failures=tuple(failures),
         job_files=job_files,
         seconds=time.perf_counter() - started,
+        # Only a pass over the whole folder looks for what it skipped (the isolated child is
+        # handed its files: its parent reports).
+        ignored=ignored_files(tasks_dir, without_jobs) if files is None else (),
     )
+    log_ignored(report)
     log.info(
         "discovery finished",
         tasks_dir=str(tasks_dir),

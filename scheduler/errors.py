@@ -33,6 +33,13 @@ class UnknownJobTypeAttributeError(SchedulerError, AttributeError):
     """`JobType.SOME_NAME` was read, and no job type has that member name."""
 
 
+class UnknownJobTypeNameError(SchedulerError, KeyError):
+    """`JobType["SOME_NAME"]` was looked up, and no job type has that member name."""
+
+    def __str__(self) -> str:  # KeyError's own would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
 class ConfigurationError(SchedulerError):
     """Configuration is invalid; `problems` lists every problem, each naming where it came from."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .discovery import DiscoveryFailure, DiscoveryReport, task_files
+from .discovery import DiscoveryFailure, DiscoveryReport, ignored_files, task_files
 from .errors import DiscoveryError
 from .metadata import JobMetadata
 from .registry import JobRegistry
@@ -57,8 +57,16 @@ def discover_isolated(tasks_dir: Path, timeout_seconds: float) -> IsolatedDiscov
         failures=failures,
         job_files={meta.job_type: tasks_dir / _file_of(meta, found) for meta in jobs},
         seconds=time.perf_counter() - started,
+        ignored=ignored_files(
+            tasks_dir, [tasks_dir / n for n in sorted(found) if _no_job(found[n])]
+        ),
     )
     return IsolatedDiscovery(report, tuple(jobs))
+
+
+def _no_job(outcome: tuple[list[JobMetadata], DiscoveryFailure | None]) -> bool:
+    jobs, failure = outcome
+    return not jobs and failure is None
 
 
 def _file_of(meta: JobMetadata, found: Mapping[str, tuple[list[JobMetadata], object]]) -> str:

@@ -10,13 +10,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import UnknownJobTypeAttributeError, UnknownJobTypeError
+from .errors import UnknownJobTypeAttributeError, UnknownJobTypeError, UnknownJobTypeNameError
+from .suggestions import did_you_mean
 
 _MEMBERS: dict[str, JobType] = {}  # value -> member, in registration order
 
 
-def _known() -> str:
-    return ", ".join(_MEMBERS) or "(none: no job has been registered; was discovery run?)"
+def _known(names: list[str] | None = None) -> str:
+    listed = list(_MEMBERS) if names is None else names
+    return ", ".join(listed) or "(none: no job has been registered; was discovery run?)"
+
+
+def _by_name(name: str) -> JobType | None:
+    """The member whose name (its value in upper case) is `name`."""
+    member = _MEMBERS.get(name.lower())
+    return member if member is not None and member.name == name else None
 
 
 class _JobTypeMeta(type):
@@ -31,13 +39,24 @@ class _JobTypeMeta(type):
         return member
 
     def __getattr__(cls, name: str) -> JobType:
-        if not name.startswith("_"):
-            member = _MEMBERS.get(name.lower())
-            if member is not None and member.name == name:
-                return member
-        raise UnknownJobTypeAttributeError(
-            f"JobType has no member {name!r}; known job types: {_known()}"
-        )
+        member = None if name.startswith("_") else _by_name(name)
+        if member is None:
+            raise UnknownJobTypeAttributeError(
+                f"JobType has no member {name!r}; known job types: {_known()}"
+            )
+        return member
+
+    def __getitem__(cls, name: str) -> JobType:
+        """Lookup by member name, as with an Enum: `JobType["MY_JOB"] is JobType.MY_JOB`."""
+        member = _by_name(name) if isinstance(name, str) else None
+        if member is None:
+            names = [m.name for m in _MEMBERS.values()]
+            # A job type's value ("my_job") is the likeliest slip: compare in upper case.
+            hint = did_you_mean(name.upper(), names) if isinstance(name, str) else ""
+            raise UnknownJobTypeNameError(
+                f"JobType has no member named {name!r}; known names: {_known(names)}{hint}"
+            )
+        return member
 
     def __iter__(cls) -> Iterator[JobType]:
         return iter(list(_MEMBERS.values()))

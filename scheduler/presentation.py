@@ -118,7 +118,7 @@ def catalog_as_json(
         "tasks_dir": str(catalog.discovery.tasks_dir),
         "jobs": [job_as_json(job, blocked, quarantined) for job in catalog.jobs.values()],
         "failures": [{"path": str(f.path), "error": f.error} for f in catalog.failures],
-        "problems": list(catalog.problems),
+        "problems": [*catalog.problems, *catalog.never_run()],
         "warnings": list(catalog.warnings),
     }
 

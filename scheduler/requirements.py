@@ -86,10 +86,7 @@ class RequirementRegistry:
     async def _provide(cls, name: str) -> object:
         provider = cls._providers.get(name)
         if provider is None:
-            raise RequirementUnavailable(
-                f"requirement {name!r}: no provider is registered; declare one in a task file "
-                f'with @requirement("{name}")'
-            )
+            raise RequirementUnavailable(no_provider(name))
         try:
             if inspect.iscoroutinefunction(provider.function):
                 call: Awaitable[Any] = provider.function()
@@ -108,6 +105,15 @@ class RequirementRegistry:
                 f"requirement {name!r}: its provider failed: {type(error).__name__}: {error}"
             ) from None
         return result
+
+
+def no_provider(name: str) -> str:
+    """Why `name` is unavailable when nothing provides it, and the two ways to provide it."""
+    return (
+        f"requirement {name!r}: no provider is registered; declare one in a task file: "
+        f'env_requirement("{name}", "VARIABLE") (available while that environment variable is '
+        f'set) or @requirement("{name}") on a function that returns what the run needs'
+    )
 
 
 def requirement(name: str) -> Callable[[ProviderT], ProviderT]:

@@ -34,7 +34,7 @@ import structlog
 from sqlalchemy import Engine, text
 
 from .active import ActiveRole
-from .catalog import JobCatalog
+from .catalog import JobCatalog, requirement_warning
 from .database import create_database_engine, is_sqlite, normalize_url, redact
 from .history import HistoryWriter, RunHistory, migrate
 from .http import HttpServer, create_app
@@ -121,6 +121,7 @@ class SchedulerService:
         await http.start()
         log.info("http listening", host=self.settings.http_host, port=self.settings.http_port)
         probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag")
+        requirements = asyncio.create_task(self._warn_of_blocked_jobs(), name="requirements")
         writer: HistoryWriter | None = None
         self.leadership.fence.add_listener(functools.partial(self._term_ended, loop))
         try:
@@ -130,7 +131,22 @@ class SchedulerService:
         finally:
             await self._shutdown(writer)
             probe.cancel()
+            requirements.cancel()
             await http.stop()
+
+    async def _warn_of_blocked_jobs(self) -> None:
+        """Say at start-up which jobs will not run for want of a requirement (the seed example's
+        `requires_twitter=True` with nothing providing "twitter"): their runs are otherwise only
+        skipped, one history row at a time. In the background, as the providers may be slow
+        (in process mode they are asked in a child process)."""
+        try:
+            blocked = await self.catalog.blocked_by_requirements()
+        except Exception as error:  # a probe that hangs or dies must not stop the service
+            log.warning("requirement providers could not be asked at start-up", error=str(error))
+            return
+        for job_type, reasons in blocked.items():
+            for why in reasons:
+                log.warning(requirement_warning(job_type, why), job_type=job_type)
 
     def _term_ended(self, loop: asyncio.AbstractEventLoop, _epoch: int) -> None:
         """From any thread: wake the heartbeat, which demotes this instance."""

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from .catalog import JobCatalog
+from .dependencies import disabled_dependency_reason
 from .job_state import JobStates
 from .metrics import JobStatus, ServiceStatus
 
@@ -73,8 +74,9 @@ def job_state(
     not_loaded: Mapping[str, str],
     quarantined: Mapping[str, str] | None = None,
 ) -> tuple[str, str | None]:
-    """(state, why): scheduled, paused, quarantined (with why), disabled, blocked (with why),
-    not_loaded (with why), or unscheduled (on a standby)."""
+    """(state, why): scheduled, paused, quarantined (with why), disabled, blocked (with why: a
+    disabled dependency, or the latest run's skip), not_loaded (with why), or unscheduled (on a
+    standby)."""
     job = catalog.jobs.get(job_type)
     if job is None:
         return "not_loaded", not_loaded.get(job_type, "its task file failed to import")
@@ -84,6 +86,9 @@ def job_state(
         return "quarantined", quarantined[job_type]
     if job_type in next_runs and next_runs[job_type] is None:
         return "paused", None
+    waiting = catalog.waiting_on_disabled.get(job_type)
+    if waiting is not None:
+        return "blocked", disabled_dependency_reason(waiting)
     blocked = states.get(job_type).blocked_by if states is not None else None
     if blocked is not None:
         return "blocked", f"{blocked.reason}: {blocked.why}"

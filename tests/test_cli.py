@@ -69,8 +69,119 @@ def test_check_says_why_a_job_is_blocked_without_failing(
     assert result.returncode == 0, result.stderr
     assert (
         "warning: job 'good' is blocked: requirement 'wallet': no provider is registered; "
-        'declare one in a task file with @requirement("wallet")'
+        'declare one in a task file: env_requirement("wallet", "VARIABLE")'
     ) in result.stderr
+    assert result.stdout == (
+        f"ok: 1 job(s) in {tasks_dir}; 1 blocked by an unavailable requirement (see the warnings)\n"
+    )
+
+
+#: What the README tells a user to add beside the seed example (its paragraph after it).
+TWITTER_PROVIDER = """
+    from scheduler import env_requirement
+
+    env_requirement("twitter", "TWITTER_BEARER_TOKEN")
+"""
+
+
+def test_check_on_the_seed_example_says_how_to_provide_twitter(
+    tasks_dir: Path, write_task: WriteTask
+) -> None:
+    write_task("my_awesome_job.py", (FIXTURES / "seed_example.py").read_text(encoding="utf-8"))
+    bare = scheduler("check", "--tasks-dir", str(tasks_dir))
+    assert bare.returncode == 0, bare.stderr
+    assert (
+        "warning: job 'my_awesome_job' is blocked: requirement 'twitter': no provider is "
+        'registered; declare one in a task file: env_requirement("twitter", "VARIABLE") '
+        '(available while that environment variable is set) or @requirement("twitter") on a '
+        "function that returns what the run needs\n"
+    ) in bare.stderr
+    assert "1 blocked by an unavailable requirement" in bare.stdout
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    (shown,) = [line for line in readme.splitlines() if line.startswith("warning: job 'my_awe")]
+    assert shown in bare.stderr.splitlines()  # the README shows what check really prints
+
+    write_task("providers.py", TWITTER_PROVIDER)
+    unset = scheduler("check", "--tasks-dir", str(tasks_dir))
+    assert unset.returncode == 0, unset.stderr
+    assert (
+        "warning: job 'my_awesome_job' is blocked: requirement 'twitter': environment "
+        "variable(s) not set: TWITTER_BEARER_TOKEN"
+    ) in unset.stderr
+
+    provided = scheduler("check", "--tasks-dir", str(tasks_dir), env={"TWITTER_BEARER_TOKEN": "t"})
+    assert provided.returncode == 0, provided.stderr
+    assert "warning" not in provided.stderr
+    assert provided.stdout == f"ok: 1 job(s) in {tasks_dir}\n"
+
+
+def dependent_jobs(write_task: WriteTask) -> None:
+    """fetch (disabled) <- report <- summary, and off (disabled itself) <- fetch."""
+    for job_type, options in [
+        ("fetch", "enabled=False"),
+        ("report", "dependencies=['fetch']"),
+        ("summary", "dependencies=['report']"),
+        ("off", "dependencies=['fetch'], enabled=False"),
+    ]:
+        write_task(
+            f"{job_type}.py",
+            f"""
+            from scheduler import BaseTask, JobContext, RunnerResult, job
+
+            @job("{job_type}", {options})
+            class Task(BaseTask[RunnerResult]):
+                async def _execute_impl(self, context: JobContext) -> list[RunnerResult]:
+                    return []
+            """,
+        )
+
+
+def test_check_fails_on_a_dependency_on_a_disabled_job(
+    tasks_dir: Path, write_task: WriteTask
+) -> None:
+    dependent_jobs(write_task)
+    result = scheduler("check", "--tasks-dir", str(tasks_dir))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: job 'report' depends on disabled job 'fetch': it never runs until 'fetch' is "
+        "enabled (a job runs only after its dependencies' latest runs succeeded)",
+        "error: job 'summary' depends on disabled job 'fetch' (through 'report'): it never runs "
+        "until 'fetch' is enabled (a job runs only after its dependencies' latest runs "
+        "succeeded)",
+        "check failed: 2 problem(s)",
+    ]
+    enabled = scheduler("check", "--tasks-dir", str(tasks_dir), env={"FETCH_ENABLED": "true"})
+    assert enabled.returncode == 0, enabled.stderr
+    assert enabled.stdout == f"ok: 4 job(s) in {tasks_dir}\n"
+
+
+def test_list_shows_jobs_behind_a_disabled_dependency_as_blocked(
+    tasks_dir: Path, write_task: WriteTask
+) -> None:
+    dependent_jobs(write_task)
+    result = scheduler("list", "--tasks-dir", str(tasks_dir))
+    assert result.returncode == 1
+    statuses = {row.split()[0]: row.split()[2] for row in result.stdout.splitlines()[1:5]}
+    assert statuses == {
+        "fetch": "disabled",
+        "report": "blocked",
+        "summary": "blocked",
+        "off": "disabled",
+    }
+    assert (
+        "  report: dependency 'fetch' is disabled: this job never runs until it is enabled\n"
+        "  summary: dependency 'report' waits on disabled job 'fetch': this job never runs "
+        "until 'fetch' is enabled\n"
+    ) in result.stdout
+    assert "error: job 'report' depends on disabled job 'fetch'" in result.stderr
+
+    as_json = json.loads(scheduler("list", "--json", "--tasks-dir", str(tasks_dir)).stdout)
+    report = next(job for job in as_json["jobs"] if job["job_type"] == "report")
+    assert report["status"] == "blocked"
+    assert report["blocked_by"] == [
+        "dependency 'fetch' is disabled: this job never runs until it is enabled"
+    ]
+    assert any("'summary' depends on disabled job 'fetch'" in p for p in as_json["problems"])
 
 
 def test_tasks_dir_from_environment(tasks_dir: Path, write_task: WriteTask) -> None:

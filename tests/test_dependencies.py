@@ -42,6 +42,33 @@ def test_unknown_dependency_mentions_files_that_failed_to_import() -> None:
     )
 
 
+def test_the_depending_job_is_never_suggested_for_its_own_dependency() -> None:
+    declare("report_prices", "prices")  # 'prices' is most like 'report_prices' itself
+    assert dependency_problems(JobRegistry.list_jobs()) == [
+        "job 'report_prices' depends on unknown job 'prices'"
+    ]
+
+
+def test_failed_imports_are_named_in_preference_to_a_weak_match() -> None:
+    declare("prices_report", "prices")
+    declare("prices_export")  # alike enough for a did-you-mean, not enough to be a typo
+    failed = ["/tasks/prices.py"]
+    assert dependency_problems(JobRegistry.list_jobs(), failed) == [
+        "job 'prices_report' depends on unknown job 'prices' "
+        "(task files that failed to import: /tasks/prices.py)"
+    ]
+
+
+def test_a_likely_typo_is_still_suggested_beside_the_failed_imports() -> None:
+    declare("fetch_prices")
+    declare("report", "fetch_pricse")
+    (problem,) = dependency_problems(JobRegistry.list_jobs(), ["/tasks/broken.py"])
+    assert problem == (
+        "job 'report' depends on unknown job 'fetch_pricse'; did you mean 'fetch_prices'? "
+        "(task files that failed to import: /tasks/broken.py)"
+    )
+
+
 def test_cycles_are_named_as_paths() -> None:
     declare("a", "b")
     declare("b", "c")

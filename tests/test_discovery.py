@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from scheduler import DiscoveryError, JobRegistry, JobType, discover
+from scheduler.discovery import HELPER
 from scheduler.logs import configure_logging
 from tests.conftest import FIXTURES, REPO_ROOT, WriteTask
+from tests.support import run_cli
 
 SEED = REPO_ROOT.parent / "shared" / "seed" / "job-runner-auto-discovery.md"
 
@@ -174,3 +176,50 @@ def test_discovery_logs_what_it_found(tasks_dir: Path, write_task: WriteTask) ->
     assert summary["failed_files"] == [str(tasks_dir / "bad.py")]
     assert summary["files"] == 2
     logging.getLogger().handlers.clear()
+
+
+def test_files_that_give_no_job_are_logged_at_debug_with_why(
+    tasks_dir: Path, write_task: WriteTask
+) -> None:
+    write_task("real.py", GOOD_TASK.format(job_type="real"))
+    write_task("constants.py", "LIMIT = 3\n")
+    write_task("_helpers.py", "GREETING = 'hi'\n")
+    (tasks_dir / "nested").mkdir()
+    write_task("nested/deep_job.py", GOOD_TASK.format(job_type="deep"))
+    (tasks_dir / "__pycache__").mkdir()
+    write_task("__pycache__/stale.py", "")  # never looked into
+    stream = io.StringIO()
+    configure_logging("DEBUG", "json", stream)
+    report = discover(tasks_dir)
+    assert report.job_types == ("real",)
+    ignored = [
+        (r["path"], r["why"])
+        for r in map(json.loads, stream.getvalue().splitlines())
+        if r["event"] == "task file ignored"
+    ]
+    assert ignored == [
+        (str(tasks_dir / "_helpers.py"), HELPER),
+        (str(tasks_dir / "constants.py"), "declares no @job"),
+        (
+            str(tasks_dir / "nested" / "deep_job.py"),
+            "in a sub-folder: only top-level files are discovered",
+        ),
+    ]
+    assert [(f.path, f.why) for f in report.ignored] == [(Path(path), why) for path, why in ignored]
+    logging.getLogger().handlers.clear()
+
+
+def test_check_v_names_the_files_that_give_no_job(tasks_dir: Path, write_task: WriteTask) -> None:
+    write_task("real.py", GOOD_TASK.format(job_type="real"))
+    write_task("constants.py", "LIMIT = 3\n")
+    (tasks_dir / "nested").mkdir()
+    write_task("nested/deep_job.py", GOOD_TASK.format(job_type="deep"))
+    verbose = run_cli("check", "-v", "--tasks-dir", str(tasks_dir), cwd=tasks_dir.parent)
+    assert verbose.returncode == 0, verbose.stderr
+    assert verbose.stdout == f"ok: 1 job(s) in {tasks_dir}\n"
+    lines = [line for line in verbose.stderr.splitlines() if "task file ignored" in line]
+    assert len(lines) == 2, verbose.stderr
+    assert f"path={tasks_dir / 'constants.py'} why='declares no @job'" in lines[0]
+    assert f"path={tasks_dir / 'nested' / 'deep_job.py'} why='in a sub-folder: " in lines[1]
+    quiet = run_cli("check", "--tasks-dir", str(tasks_dir), cwd=tasks_dir.parent)
+    assert "task file ignored" not in quiet.stderr

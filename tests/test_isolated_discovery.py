@@ -50,8 +50,9 @@ def test_requirements_are_probed_in_a_child(tasks_dir: Path, write_task: WriteTa
     unavailable = probe_requirements(tasks_dir, ["twitter", "wallet", "nobody"], 5.0)
     assert unavailable == {
         "twitter": "requirement 'twitter': environment variable(s) not set: NO_SUCH_VARIABLE_SET",
-        "nobody": "requirement 'nobody': no provider is registered; declare one in a task file "
-        'with @requirement("nobody")',
+        "nobody": "requirement 'nobody': no provider is registered; declare one in a task file: "
+        'env_requirement("nobody", "VARIABLE") (available while that environment variable is set) '
+        'or @requirement("nobody") on a function that returns what the run needs',
     }
 
 

@@ -5,7 +5,11 @@ import pickle
 import pytest
 
 from scheduler import BaseTask, JobContext, JobType, RunnerResult, job
-from scheduler.errors import UnknownJobTypeAttributeError, UnknownJobTypeError
+from scheduler.errors import (
+    UnknownJobTypeAttributeError,
+    UnknownJobTypeError,
+    UnknownJobTypeNameError,
+)
 
 
 def register(*job_types: str) -> None:
@@ -51,6 +55,26 @@ def test_unknown_attribute_raises_attribute_error_naming_known_types() -> None:
     with pytest.raises(UnknownJobTypeAttributeError):
         _ = JobType.alpha  # member names are upper case
     assert not hasattr(JobType, "GAMMA")
+
+
+def test_lookup_by_name_like_an_enum() -> None:
+    register("my_awesome_job", "other")
+    assert JobType["MY_AWESOME_JOB"] is JobType.MY_AWESOME_JOB
+    assert JobType["OTHER"] is JobType("other")
+
+
+def test_unknown_name_raises_key_error_listing_known_names() -> None:
+    register("my_awesome_job", "other")
+    with pytest.raises(KeyError) as raised:
+        JobType["GAMMA"]
+    assert isinstance(raised.value, UnknownJobTypeNameError)
+    assert str(raised.value) == (
+        "JobType has no member named 'GAMMA'; known names: MY_AWESOME_JOB, OTHER"
+    )
+    with pytest.raises(KeyError, match=r"named 'my_awesome_job'; .* did you mean 'MY_AWESOME_JOB'"):
+        JobType["my_awesome_job"]  # the value, not the name
+    with pytest.raises(KeyError, match=r"named 3; known names"):
+        JobType[3]  # type: ignore[index]
 
 
 def test_iteration_len_and_membership_follow_registration_order() -> None:

@@ -36,8 +36,9 @@ async def test_unavailable_requirements_say_why() -> None:
     assert await unavailable_requirements(["down", "broken", "missing"]) == {
         "down": "requirement 'down': API_KEY is not set",
         "broken": "requirement 'broken': its provider failed: ConnectionError: refused",
-        "missing": "requirement 'missing': no provider is registered; declare one in a task "
-        'file with @requirement("missing")',
+        "missing": "requirement 'missing': no provider is registered; declare one in a task file: "
+        'env_requirement("missing", "VARIABLE") (available while that environment variable is set) '
+        'or @requirement("missing") on a function that returns what the run needs',
     }
 
 

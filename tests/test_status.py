@@ -1,8 +1,15 @@
-"""What the service says about its own health (status.py)."""
+"""What the service says about itself (status.py): its health, and each job's state."""
 
 from __future__ import annotations
 
+import html
+
+from scheduler.requirements import no_provider
 from scheduler.status import NO_WORKER_GRACE_SECONDS, Health, health_problems
+from tests.conftest import FIXTURES
+from tests.support import ServiceFactory, task_source, wait_until
+
+QUICK = "return [RunnerResult(success=True)]"
 
 
 def healthy(**fields: object) -> Health:
@@ -25,3 +32,61 @@ def test_a_leader_without_a_ready_worker_is_unhealthy_after_the_grace() -> None:
 def test_a_standby_needs_no_worker() -> None:
     standby = healthy(leader=False, no_worker_since=0.0)
     assert health_problems(standby, 2.0, now=1001.0) == []
+
+
+def test_start_up_warns_of_jobs_that_cannot_run_and_their_state_says_why(
+    services: ServiceFactory,
+) -> None:
+    services.write_task("fetch.py", task_source("fetch", QUICK, enabled=False))
+    services.write_task(
+        "report.py", task_source("report", QUICK, interval_seconds=0.2, dependencies=["fetch"])
+    )
+    services.write_task(
+        "my_awesome_job.py", (FIXTURES / "seed_example.py").read_text(encoding="utf-8")
+    )
+    service = services(SCHEDULER_FIRST_RUN_SPREAD_SECONDS="0")
+    dependency = service.wait_for_log(
+        "job 'report' depends on disabled job 'fetch': it never runs until 'fetch' is enabled "
+        "(a job runs only after its dependencies' latest runs succeeded)"
+    )
+    assert dependency["level"] == "warning" and dependency["job_type"] == "report"
+    requirement = service.wait_for_log(f"job 'my_awesome_job' is blocked: {no_provider('twitter')}")
+    assert requirement["level"] == "warning" and requirement["job_type"] == "my_awesome_job"
+
+    service.wait_for_log("active: this instance runs the jobs")
+    (skipped, *_) = services.wait_for_runs("report", 1, outcome="skipped")
+    assert skipped.skip_reason == "dependency"  # what the warning said: it does not run
+    reason = "dependency 'fetch' is disabled: this job never runs until it is enabled"
+    status, jobs = service.get_json("/api/jobs")
+    assert status == 200
+    report = next(job for job in jobs if job["job_type"] == "report")
+    assert (report["state"], report["state_reason"]) == ("blocked", reason)
+    status, page = service.get("/")
+    assert status == 200
+    assert f"blocked ({html.escape(reason)})" in page.decode()
+
+
+def test_a_dependency_disabled_after_it_succeeded_still_blocks_its_dependants(
+    services: ServiceFactory,
+) -> None:
+    services.write_task("fetch.py", task_source("fetch", QUICK, interval_seconds=0.5))
+    services.write_task(
+        "report.py", task_source("report", QUICK, interval_seconds=0.2, dependencies=["fetch"])
+    )
+    first = services(SCHEDULER_FIRST_RUN_SPREAD_SECONDS="0")
+    services.wait_for_runs("report", 1, outcome="success")
+    assert first.stop() == 0
+
+    second = services(SCHEDULER_FIRST_RUN_SPREAD_SECONDS="0", FETCH_ENABLED="false")
+    second.wait_for_log("active: this instance runs the jobs")
+    successes = len(services.finished("report", "success"))
+    blocked = wait_until(
+        lambda: [
+            r
+            for r in services.finished("report", "skipped")
+            if "'fetch' is disabled" in (r.error or "")
+        ],
+        what="a run of report skipped because its dependency is disabled",
+    )
+    assert blocked[0].skip_reason == "dependency"
+    assert len(services.finished("report", "success")) == successes
