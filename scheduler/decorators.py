@@ -33,6 +33,8 @@ def job(
     name: str | None = None,
     description: str | None = None,
     interval_seconds: float | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
     enabled: bool | None = None,
     priority: JobPriority | None = None,
     max_retries: int | None = None,
@@ -43,6 +45,8 @@ def job(
     dependencies: Iterable[str] = (),
     preserve_order: bool | None = None,
     idempotent: bool | None = None,
+    misfire_grace_seconds: int | None = None,
+    coalesce: bool | None = None,
     **requirements: bool,
 ) -> Callable[[TaskT], TaskT]:
     """Register the decorated `BaseTask` subclass as the job `job_type`.
@@ -54,6 +58,8 @@ def job(
     location = SourceLocation(caller.f_code.co_filename, caller.f_lineno)
     given = {
         "interval_seconds": interval_seconds,
+        "cron": cron,
+        "timezone": timezone,
         "enabled": enabled,
         "priority": priority,
         "max_retries": max_retries,
@@ -63,6 +69,8 @@ def job(
         "batch_size": batch_size,
         "preserve_order": preserve_order,
         "idempotent": idempotent,
+        "misfire_grace_seconds": misfire_grace_seconds,
+        "coalesce": coalesce,
     }
 
     def decorate(cls: TaskT) -> TaskT:

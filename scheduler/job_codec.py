@@ -3,8 +3,8 @@
 APScheduler stores each job as a pickle and unpickles it when it loads the job, so whoever can
 write that table can run code on the scheduler's host. Here a job is a JSON object with exactly
 the fields a job of this service has; the function must be the service's own entry point, and the
-trigger one the service builds. Anything else is refused with `StoredJobError`, saying what is
-wrong; the store then sets the row aside and the job is rebuilt from its task file.
+trigger one the service builds (interval or cron). Anything else is refused with `StoredJobError`,
+saying what is wrong; the store then sets the row aside and the job is rebuilt from its task file.
 
 `legacy_state` reads the pickles of databases written before this format, through an unpickler
 that can only build the handful of classes such a pickle holds (for the migration).
@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.interval import IntervalTrigger
 
+from . import cron
 from .errors import StoredJobError
 from .executor import JOB_FUNCTION
 
@@ -30,25 +31,16 @@ _FIELDS = frozenset(
      "misfire_grace_time", "coalesce", "max_instances", "next_run_time"}
 )  # fmt: skip
 _INTERVAL_FIELDS = frozenset({"type", "seconds", "start_date", "end_date", "timezone", "jitter"})
+_CRON_FIELDS = frozenset({"type", "expression", "timezone"})
 
 
 def encode(state: dict[str, Any]) -> bytes:
     """A job's `__getstate__()` as the stored JSON."""
-    trigger = state["trigger"]
-    if not isinstance(trigger, IntervalTrigger):
-        raise StoredJobError(f"job {state['id']!r}: cannot store a {type(trigger).__name__}")
     document = {
         "format": FORMAT,
         "id": state["id"],
         "func": state["func"],
-        "trigger": {
-            "type": "interval",
-            "seconds": trigger.interval.total_seconds(),
-            "start_date": _time(trigger.start_date),
-            "end_date": _time(trigger.end_date),
-            "timezone": _zone_name(trigger.timezone),
-            "jitter": trigger.jitter,
-        },
+        "trigger": _trigger_document(state["id"], state["trigger"]),
         "executor": state["executor"],
         "args": list(state["args"]),
         "kwargs": state["kwargs"],
@@ -93,7 +85,7 @@ def decode(data: bytes, job_id: str) -> dict[str, Any]:
         "version": 1,
         "id": job_id,
         "func": JOB_FUNCTION,
-        "trigger": _interval(where, document["trigger"]),
+        "trigger": _trigger(where, document["trigger"]),
         "executor": "default",
         "args": tuple(args),
         "kwargs": dict(kwargs),
@@ -105,9 +97,41 @@ def decode(data: bytes, job_id: str) -> dict[str, Any]:
     }
 
 
+def _trigger_document(job_id: str, trigger: Any) -> dict[str, Any]:
+    if isinstance(trigger, cron.CrontabTrigger):
+        return {"type": "cron", "expression": trigger.expression, "timezone": trigger.zone_name}
+    if not isinstance(trigger, IntervalTrigger):
+        raise StoredJobError(f"job {job_id!r}: cannot store a {type(trigger).__name__}")
+    return {
+        "type": "interval",
+        "seconds": trigger.interval.total_seconds(),
+        "start_date": _time(trigger.start_date),
+        "end_date": _time(trigger.end_date),
+        "timezone": _zone_name(trigger.timezone),
+        "jitter": trigger.jitter,
+    }
+
+
+def _trigger(where: str, trigger: Any) -> IntervalTrigger | cron.CrontabTrigger:
+    if isinstance(trigger, dict) and trigger.get("type") == "cron":
+        return _cron(where, trigger)
+    return _interval(where, trigger)
+
+
+def _cron(where: str, trigger: dict[str, Any]) -> cron.CrontabTrigger:
+    _check(where, set(trigger) == _CRON_FIELDS, f"cron trigger fields {sorted(trigger)}")
+    expression, zone = trigger["expression"], trigger["timezone"]
+    _check(where, isinstance(expression, str), f"cron expression {expression!r}")
+    _check(where, isinstance(zone, str), f"time zone {zone!r}")
+    try:
+        return cron.CrontabTrigger(expression, zone)
+    except ValueError as error:
+        raise StoredJobError(f"{where}: {error}") from None
+
+
 def _interval(where: str, trigger: Any) -> IntervalTrigger:
     if not isinstance(trigger, dict) or set(trigger) != _INTERVAL_FIELDS:
-        raise StoredJobError(f"{where}: its trigger is not an interval trigger: {trigger!r}")
+        raise StoredJobError(f"{where}: its trigger is neither interval nor cron: {trigger!r}")
     _check(where, trigger["type"] == "interval", f"trigger type {trigger['type']!r}")
     seconds, jitter = trigger["seconds"], trigger["jitter"]
     _check(where, _positive_number(seconds), f"interval of {seconds!r} seconds")

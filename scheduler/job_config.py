@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from .metadata import JobMetadata
-from .options import OVERRIDABLE_OPTIONS, JobConfig
+from .options import OVERRIDABLE_OPTIONS, SCHEDULE_OPTIONS, JobConfig
 from .suggestions import closest, did_you_mean
 
 OriginKind = Literal["environment", "config file"]
@@ -74,9 +74,10 @@ def resolve_job_configs(
     env = _index_environment(environ, warnings)
 
     resolved: dict[str, ResolvedJob] = {}
+    problems.extend(_ambiguous_names(known, env))
     for meta in jobs:
         origins = _file_overrides(config_file, file_tables.get(meta.job_type, {}), meta, problems)
-        origins.update(_env_overrides(meta.job_type, env, warnings))
+        origins.update(_env_overrides(meta.job_type, env, warnings, known))
         config = _validate(meta, origins, problems)
         if config is not None:
             resolved[meta.job_type] = ResolvedJob(meta, config, origins)
@@ -102,12 +103,32 @@ def _index_environment(
     return index
 
 
+def _ambiguous_names(known_jobs: list[str], env: Mapping[str, tuple[str, str]]) -> list[str]:
+    """With jobs `foo` and `foo_runner`, FOO_RUNNER_ENABLED could mean either: an error."""
+    plain = {env_names(job, option)[0]: job for job in known_jobs for option in OVERRIDABLE_OPTIONS}
+    problems = []
+    for job in known_jobs:
+        for option in OVERRIDABLE_OPTIONS:
+            own, runner = env_names(job, option)
+            if runner in env and runner in plain:
+                problems.append(
+                    f"environment variable {env[runner][0]} is ambiguous: it sets {option} of "
+                    f"job {plain[runner]!r}, and in the older _RUNNER_ form {option} of job "
+                    f"{job!r}; use {own} for {job!r} (the _RUNNER_ form is not read for it)"
+                )
+    return problems
+
+
 def _env_overrides(
-    job_type: str, env: Mapping[str, tuple[str, str]], warnings: list[str]
+    job_type: str, env: Mapping[str, tuple[str, str]], warnings: list[str], known: list[str]
 ) -> dict[str, ValueOrigin]:
     origins: dict[str, ValueOrigin] = {}
     for option in OVERRIDABLE_OPTIONS:
-        plain, runner = (env.get(name) for name in env_names(job_type, option))
+        plain_name, runner_name = env_names(job_type, option)
+        plain = env.get(plain_name)
+        # The _RUNNER_ form of an ambiguous name belongs to the other job (an error says so).
+        ambiguous = runner_name.removesuffix(f"_{option.upper()}").lower() in known
+        runner = None if ambiguous else env.get(runner_name)
         chosen = plain or runner
         if chosen is None:
             continue
@@ -175,6 +196,11 @@ def _validate(
     meta: JobMetadata, origins: Mapping[str, ValueOrigin], problems: list[str]
 ) -> JobConfig | None:
     values = meta.defaults.model_dump()
+    overridden = [option for option in SCHEDULE_OPTIONS if option in origins]
+    if len(overridden) == 1:  # an override of the schedule replaces the decorator's kind of it
+        values.update(dict.fromkeys(SCHEDULE_OPTIONS))
+        if overridden == ["interval_seconds"] and "timezone" not in origins:
+            values["timezone"] = None
     values.update((option, origin.raw) for option, origin in origins.items())
     try:
         return JobConfig.model_validate(values)

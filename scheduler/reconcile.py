@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from apscheduler.triggers.interval import IntervalTrigger
 
 from .executor import JOB_FUNCTION
 from .job_config import ResolvedJob
+from .schedules import IntervalSchedule, Schedule, stored_schedule
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +35,7 @@ class DesiredJob:
 
     job_type: str
     name: str
-    interval_seconds: float
+    schedule: Schedule
     max_instances: int
     coalesce: bool
     misfire_grace_time: int | None
@@ -71,12 +71,18 @@ class ReconcileReport:
 def desired_job(
     job: ResolvedJob, task_file: str, *, coalesce: bool, misfire_grace_seconds: int
 ) -> DesiredJob:
+    """The stored form of `job`; `coalesce` and `misfire_grace_seconds` are the service's
+    defaults, for jobs that do not set their own."""
     config = job.config
     ordered = config.preserve_order
+    if config.coalesce is not None:
+        coalesce = config.coalesce
+    if config.misfire_grace_seconds is not None:
+        misfire_grace_seconds = config.misfire_grace_seconds
     return DesiredJob(
         job_type=job.job_type,
         name=job.metadata.name,
-        interval_seconds=config.interval_seconds,
+        schedule=config.schedule,
         max_instances=ORDERED_RUNS_QUEUE_LIMIT if ordered else config.max_concurrent,
         coalesce=False if ordered else coalesce,
         misfire_grace_time=None if ordered else misfire_grace_seconds,
@@ -116,17 +122,21 @@ def reconcile(
     for job_type, want in desired.items():
         job = stored.get(job_type)
         if job is None:
+            first: dict[str, datetime] = {}  # a cron job first runs when its expression matches
+            if isinstance(want.schedule, IntervalSchedule):
+                seconds = want.schedule.seconds
+                first["next_run_time"] = first_run_time(
+                    job_type, seconds, now, first_run_spread_seconds
+                )
             scheduler.add_job(
                 JOB_FUNCTION,
-                trigger=IntervalTrigger(seconds=want.interval_seconds, timezone=UTC),
+                trigger=want.schedule.trigger(),
                 id=job_type,
-                next_run_time=first_run_time(
-                    job_type, want.interval_seconds, now, first_run_spread_seconds
-                ),
+                **first,
                 **{k: v for k, v in want.attributes().items() if k != "func"},
             )
             report.added.append(job_type)
-            log.info("job added", job_type=job_type, interval_seconds=want.interval_seconds)
+            log.info("job added", job_type=job_type, schedule=str(want.schedule))
         else:
             _update(scheduler, job, want, report)
     disabled = set(disabled)
@@ -136,25 +146,26 @@ def reconcile(
 
 
 def _update(scheduler: Any, job: Any, want: DesiredJob, report: ReconcileReport) -> None:
-    """Change what differs, keeping the stored next run time unless the interval changed."""
+    """Change what differs, keeping the stored next run time unless the schedule changed."""
     job_type = want.job_type
+    paused = job.next_run_time is None  # before the changes: they update `job` in place
     changes = {k: v for k, v in want.attributes().items() if _stored(job, k) != v}
     if changes:
         scheduler.modify_job(job_type, **changes)
         report.changed.append(job_type)
         log.info("job updated", job_type=job_type, changed=sorted(changes))
-    if abs(job.trigger.interval_length - want.interval_seconds) > 1e-6:
-        scheduler.reschedule_job(
-            job_type, trigger=IntervalTrigger(seconds=want.interval_seconds, timezone=UTC)
-        )
-        if job.next_run_time is None:  # rescheduling would resume an operator's pause
+    stored = stored_schedule(job.trigger)
+    if not _same(stored, want.schedule):
+        # A new trigger whole: nothing of the old schedule's state (its start, its zone) stays.
+        scheduler.reschedule_job(job_type, trigger=want.schedule.trigger())
+        if paused:  # rescheduling would resume an operator's pause
             scheduler.pause_job(job_type)
         report.rescheduled.append(job_type)
         log.info(
-            "job interval changed",
+            "job schedule changed",
             job_type=job_type,
-            old_interval_seconds=job.trigger.interval_length,
-            interval_seconds=want.interval_seconds,
+            old_schedule=str(stored),
+            schedule=str(want.schedule),
         )
     elif not changes:
         report.unchanged.append(job_type)
@@ -187,6 +198,12 @@ def _remove_unless_kept(
     scheduler.remove_job(job_type)
     report.removed[job_type] = reason
     log.info("job removed", job_type=job_type, reason=reason)
+
+
+def _same(stored: Schedule | None, wanted: Schedule) -> bool:
+    if isinstance(stored, IntervalSchedule) and isinstance(wanted, IntervalSchedule):
+        return abs(stored.seconds - wanted.seconds) <= 1e-6
+    return stored == wanted
 
 
 def _stored(job: Any, attribute: str) -> Any:

@@ -144,7 +144,7 @@ def service_status(
     jobs = tuple(
         JobStatus(
             job_type=job_type,
-            interval_seconds=job.config.interval_seconds,
+            interval_seconds=job.config.schedule.period_seconds,
             enabled=job.config.enabled,
             last_success=states.get(job_type).last_success_at if states else None,
             next_run=next_runs.get(job_type),

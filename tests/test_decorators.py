@@ -137,8 +137,20 @@ def test_unknown_option_names_option_job_and_file() -> None:
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        ({"interval_seconds": 0}, r"option interval_seconds=0: Input should be greater than 0"),
-        ({"interval_seconds": -5}, r"option interval_seconds=-5: Input should be greater than 0"),
+        ({"interval_seconds": 0}, r"option interval_seconds=0: .*greater than or equal to 0.1"),
+        ({"interval_seconds": 0.000001}, r"interval_seconds=1e-06: .*greater than or equal to 0.1"),
+        ({"interval_seconds": -5}, r"option interval_seconds=-5: .*greater than or equal to 0.1"),
+        (
+            {"interval_seconds": 60, "cron": "* * * * *"},
+            r"set either interval_seconds \(60\) or cron \('\* \* \* \* \*'\), not both",
+        ),
+        ({"cron": "* * * *"}, r"option cron='\* \* \* \*': cron .* has 4 field\(s\); expected 5"),
+        ({"cron": "0 25 * * *"}, r"option cron='0 25 \* \* \*': .*higher than the maximum"),
+        ({"cron": "0 0 * * 8"}, r"day-of-week '8' in '8' is not 0-7 or a day name"),
+        ({"cron": "0 0 * * *", "timezone": "Mars/Olympus"}, r"unknown time zone 'Mars/Olympus'"),
+        ({"timezone": "Europe/Berlin"}, r"applies to cron schedules only"),
+        ({"misfire_grace_seconds": 0}, r"option misfire_grace_seconds=0: .*greater than 0"),
+        ({"coalesce": "no"}, r"option coalesce='no': Input should be a valid boolean"),
         ({"max_concurrent": 0}, r"option max_concurrent=0: Input should be greater than 0"),
         ({"max_retries": -1}, r"option max_retries=-1: .*greater than or equal to 0"),
         ({"retry_delay_seconds": -1}, r"option retry_delay_seconds=-1: .*greater than or equal"),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +20,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, text
 
 from scheduler import job_codec
+from scheduler.cron import CrontabTrigger
 from scheduler.database import create_database_engine
 from scheduler.errors import StoredJobError
 from scheduler.executor import JOB_FUNCTION
@@ -54,6 +57,34 @@ def test_a_job_round_trips_through_json() -> None:
     expected = job_state()
     assert trigger.__getstate__() == expected.pop("trigger").__getstate__()
     assert decoded == expected
+
+
+def test_a_cron_job_round_trips_through_json() -> None:
+    state = job_state(trigger=CrontabTrigger("0  9 * * 1-5", "Europe/Berlin"))
+    document = job_codec.encode(state)
+    assert b'"trigger":{"type":"cron","expression":"0 9 * * 1-5","timezone":"Europe/Berlin"}' in (
+        document
+    )
+    trigger = job_codec.decode(document, "report")["trigger"]
+    assert isinstance(trigger, CrontabTrigger)
+    assert (trigger.expression, trigger.zone_name) == ("0 9 * * 1-5", "Europe/Berlin")
+
+
+@pytest.mark.parametrize(
+    ("trigger", "complaint"),
+    [
+        ({"type": "cron", "expression": "* * *", "timezone": "UTC"}, "has 3 field(s)"),
+        ({"type": "cron", "expression": "* * * * *", "timezone": "Nowhere/X"}, "unknown time zone"),
+        ({"type": "cron", "expression": 5, "timezone": "UTC"}, "unexpected cron expression 5"),
+        ({"type": "cron", "expression": "* * * * *"}, "unexpected cron trigger fields"),
+        ({"type": "date", "run_date": "2026-01-01"}, "neither interval nor cron"),
+    ],
+)
+def test_a_tampered_cron_trigger_is_refused(trigger: dict[str, Any], complaint: str) -> None:
+    document = json.loads(job_codec.encode(job_state()))
+    document["trigger"] = trigger
+    with pytest.raises(StoredJobError, match=re.escape(complaint)):
+        job_codec.decode(json.dumps(document).encode(), "report")
 
 
 @pytest.mark.parametrize(

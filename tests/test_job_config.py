@@ -55,7 +55,27 @@ LAYERS: dict[str, tuple[Any, Any, str, str, tuple[Any, Any, Any, Any]]] = {
     "timeout_seconds": (300, 10, "20", "30", (300, 10, 20, 30)),
     "max_concurrent": (1, 2, "3", "4", (1, 2, 3, 4)),
     "batch_size": (10, 20, "30", "40", (10, 20, 30, 40)),
+    "cron": (
+        "0 * * * *",
+        "*/5  * * * *",
+        "0 9 * * 1-5",
+        "@daily",
+        ("0 * * * *", "*/5 * * * *", "0 9 * * 1-5", "@daily"),
+    ),
+    "timezone": (
+        "UTC",
+        "Europe/Berlin",
+        "America/New_York",
+        "Asia/Tokyo",
+        ("UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"),
+    ),
+    "preserve_order": (False, True, "false", "yes", (False, True, False, True)),
+    "idempotent": (True, False, "1", "0", (True, False, True, False)),
+    "misfire_grace_seconds": (30, 40, "50", "60", (30, 40, 50, 60)),
+    "coalesce": (True, False, "yes", "no", (True, False, True, False)),
 }
+#: What else an option's declaration needs: a time zone applies to a cron schedule.
+ALSO_DECLARED: dict[str, dict[str, Any]] = {"timezone": {"cron": "0 3 * * *"}}
 
 
 def test_every_overridable_option_has_a_precedence_case() -> None:
@@ -67,7 +87,7 @@ def test_precedence_env_over_runner_env_over_file_over_decorator(
     option: str, tmp_path: Path
 ) -> None:
     decorator, file_value, runner_text, plain_text, expected = LAYERS[option]
-    declare(**{option: decorator})
+    declare(**{option: decorator}, **ALSO_DECLARED.get(option, {}))
     plain, runner = env_names("my_job", option)
     file = f"[jobs.my_job]\n{option} = {toml_value(file_value)}\n"
 
@@ -138,7 +158,17 @@ def test_priority_by_name_or_number(text: str, priority: JobPriority) -> None:
     ("variable", "value", "message"),
     [
         ("MY_JOB_ENABLED", "maybe", "enabled: Input should be a valid boolean"),
-        ("MY_JOB_INTERVAL_SECONDS", "0", "interval_seconds: Input should be greater than 0"),
+        (
+            "MY_JOB_INTERVAL_SECONDS",
+            "0",
+            "interval_seconds: Input should be greater than or equal to 0.1",
+        ),
+        ("MY_JOB_CRON", "*/5 * *", "cron: cron '*/5 * *' has 3 field(s); expected 5"),
+        (
+            "MY_JOB_TIMEZONE",
+            "Europe/Berln",
+            "timezone: unknown time zone 'Europe/Berln'; did you mean 'Europe/Berlin'?",
+        ),
         ("MY_JOB_INTERVAL_SECONDS", "soon", "interval_seconds: Input should be a valid number"),
         ("MY_JOB_TIMEOUT_SECONDS", "-3", "timeout_seconds: Input should be greater than 0"),
         ("MY_JOB_MAX_CONCURRENT", "2.5", "max_concurrent: Input should be a valid integer"),
@@ -259,3 +289,36 @@ def test_longest_job_prefix_is_used_for_option_typos() -> None:
     (warning,) = resolve({"MY_JOB_TWO_ENABLD": "1"}).warnings
     assert "matches no option of job 'my_job_two'" in warning
     assert "did you mean MY_JOB_TWO_ENABLED?" in warning
+
+
+def test_an_override_of_the_schedule_replaces_the_decorators_kind_of_schedule() -> None:
+    declare(interval_seconds=120)
+    to_cron = resolve({"MY_JOB_CRON": "*/5 * * * *", "MY_JOB_TIMEZONE": "Europe/Berlin"})
+    config = to_cron.jobs["my_job"].config
+    assert (config.cron, config.timezone, config.interval_seconds) == (
+        "*/5 * * * *", "Europe/Berlin", None,
+    )  # fmt: skip
+    assert str(config.schedule) == "cron */5 * * * * (Europe/Berlin)"
+    JobRegistry.clear()
+    declare(cron="0 3 * * *", timezone="Asia/Tokyo")
+    config = resolve({"MY_JOB_INTERVAL_SECONDS": "30"}).jobs["my_job"].config
+    assert (config.cron, config.timezone, config.interval_seconds) == (None, None, 30)
+    (problem,) = resolve({"MY_JOB_INTERVAL_SECONDS": "30", "MY_JOB_CRON": "@hourly"}).problems
+    assert problem.startswith("job 'my_job': set either interval_seconds (30) or cron ('@hourly')")
+    assert "MY_JOB_INTERVAL_SECONDS='30'" in problem and "MY_JOB_CRON='@hourly'" in problem
+
+
+def test_a_cron_jobs_period_is_its_longest_silence() -> None:
+    declare(cron="0 9 * * 1-5")  # weekdays at nine: Friday to Monday is the longest gap
+    assert resolve({}).jobs["my_job"].config.schedule.period_seconds == 3 * 24 * 3600
+
+
+def test_a_name_two_jobs_could_mean_is_an_error_naming_both() -> None:
+    declare("foo")
+    declare("foo_runner")
+    resolved = resolve({"FOO_RUNNER_ENABLED": "false"})
+    (problem,) = resolved.problems
+    assert "FOO_RUNNER_ENABLED is ambiguous" in problem
+    assert "job 'foo_runner'" in problem and "job 'foo'" in problem and "use FOO_ENABLED" in problem
+    assert resolved.jobs["foo"].config.enabled is True  # neither silently disabled
+    assert resolve({"FOO_ENABLED": "false"}).problems == ()

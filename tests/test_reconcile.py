@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -15,13 +17,14 @@ from scheduler.history import migrate
 from scheduler.jobstore import GroupedSQLAlchemyJobStore
 from scheduler.leadership import sole_term
 from scheduler.reconcile import FIRST_RUN_SPREAD_SECONDS, DesiredJob, first_run_time, reconcile
+from scheduler.schedules import CronSchedule, IntervalSchedule, stored_schedule
 
 
 def desired(job_type: str, interval: float = 60, **changes: Any) -> DesiredJob:
     values: dict[str, Any] = {
         "job_type": job_type,
         "name": job_type.title(),
-        "interval_seconds": interval,
+        "schedule": IntervalSchedule(interval),
         "max_instances": 1,
         "coalesce": True,
         "misfire_grace_time": 60,
@@ -33,14 +36,22 @@ def desired(job_type: str, interval: float = 60, **changes: Any) -> DesiredJob:
 
 @pytest.fixture
 def scheduler(tmp_path: Path) -> Iterator[Any]:
+    with started_scheduler(tmp_path) as scheduler:
+        yield scheduler
+
+
+@contextlib.contextmanager
+def started_scheduler(tmp_path: Path) -> Iterator[Any]:
     engine = create_database_engine(f"sqlite:///{tmp_path}/s.db")
     migrate(engine)
     store = GroupedSQLAlchemyJobStore(engine, sole_term(engine, "test"))
     scheduler = BackgroundScheduler(jobstores={"default": store}, timezone=UTC)
     scheduler.start(paused=True)
-    yield scheduler
-    scheduler.shutdown(wait=False)
-    engine.dispose()
+    try:
+        yield scheduler
+    finally:
+        scheduler.shutdown(wait=False)
+        engine.dispose()
 
 
 def jobs(scheduler: Any) -> dict[str, Any]:
@@ -114,3 +125,58 @@ def test_removed_disabled_and_broken_jobs(scheduler: Any, tmp_path: Path) -> Non
     }
     assert report.kept_not_loaded == {"broken": "broken.py"}
     assert set(jobs(scheduler)) == {"kept", "broken"}
+
+
+def test_a_cron_job_first_runs_when_its_expression_matches(scheduler: Any, tmp_path: Path) -> None:
+    report = reconcile(
+        scheduler, {"nightly": desired("nightly", schedule=CronSchedule("30 2 * * *", "Asia/Tokyo"))},  # noqa: E501
+        disabled=[], failed_files={}, tasks_dir=tmp_path,
+    )  # fmt: skip
+    assert report.added == ["nightly"]
+    local = jobs(scheduler)["nightly"].next_run_time.astimezone(ZoneInfo("Asia/Tokyo"))
+    assert (local.hour, local.minute, local.second) == (2, 30, 0)
+    assert datetime.now(UTC) < local <= datetime.now(UTC) + timedelta(days=1)
+
+
+def test_switching_between_interval_and_cron_keeps_no_stale_state(
+    scheduler: Any, tmp_path: Path
+) -> None:
+    def settle(schedule: Any) -> Any:
+        reconcile(
+            scheduler, {"a": desired("a", schedule=schedule)}, disabled=[], failed_files={},
+            tasks_dir=tmp_path,
+        )  # fmt: skip
+        return jobs(scheduler)["a"]
+
+    settle(IntervalSchedule(3600))
+    scheduler.pause_job("a")  # an operator's pause outlives a change of schedule
+    assert jobs(scheduler)["a"].next_run_time is None
+    hourly = CronSchedule("0 * * * *", "Europe/Berlin")
+    job = settle(hourly)
+    assert stored_schedule(job.trigger) == hourly and job.next_run_time is None
+    scheduler.resume_job("a")
+    assert jobs(scheduler)["a"].next_run_time.astimezone(UTC).minute == 0
+    job = settle(IntervalSchedule(7))
+    assert stored_schedule(job.trigger) == IntervalSchedule(7)
+    assert job.next_run_time <= datetime.now(UTC) + timedelta(seconds=7)
+    job = settle(CronSchedule("*/5 * * * *"))
+    assert job.next_run_time.astimezone(UTC).minute % 5 == 0
+
+
+def test_a_cron_schedule_survives_a_restart(tmp_path: Path) -> None:
+    weekly = CronSchedule("0 9 * * 1", "America/New_York")
+    with started_scheduler(tmp_path) as scheduler:
+        reconcile(
+            scheduler, {"weekly": desired("weekly", schedule=weekly)}, disabled=[],
+            failed_files={}, tasks_dir=tmp_path,
+        )  # fmt: skip
+        before = jobs(scheduler)["weekly"].next_run_time
+    with started_scheduler(tmp_path) as scheduler:
+        report = reconcile(
+            scheduler, {"weekly": desired("weekly", schedule=weekly)}, disabled=[],
+            failed_files={}, tasks_dir=tmp_path,
+        )  # fmt: skip
+        job = jobs(scheduler)["weekly"]
+    assert report.unchanged == ["weekly"]
+    assert stored_schedule(job.trigger) == weekly and job.next_run_time == before
+    assert before.astimezone(ZoneInfo("America/New_York")).strftime("%a %H:%M") == "Mon 09:00"

@@ -62,7 +62,7 @@ def test_changed_interval_updates_the_trigger(services: ServiceFactory) -> None:
     services.wait_for_runs("slow", 1)
     assert first.stop() == 0
     second = services(SLOW_INTERVAL_SECONDS="0.3")
-    second.wait_for_log("job interval changed", job_type="slow", interval_seconds=0.3)
+    second.wait_for_log("job schedule changed", job_type="slow", schedule="every 0.3s")
     services.wait_for_runs("slow", 4)
 
 
