@@ -9,11 +9,14 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy import Engine, select
 
+from . import tables
 from .backends import InlineBackend
 from .catalog import JobCatalog, load_catalog, requirement_warning
 from .coordinator import NoHistory, RunCoordinator
@@ -31,6 +34,7 @@ from .presentation import (
     quarantine_lines,
     run_as_json,
     runs_table,
+    upcoming_runs,
 )
 from .records import Outcome, Trigger
 from .service import SchedulerService
@@ -38,6 +42,7 @@ from .settings import ServiceSettings, load_settings
 from .slots import PrioritySlots
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def catalog_options(command: F) -> F:
@@ -111,12 +116,15 @@ def list_command(
     """List discovered jobs, their effective settings and where overrides came from."""
     catalog = _quiet_catalog(tasks_dir, config_file, verbose)
     blocked = _blocked(catalog)
-    quarantined = stored_quarantines(_settings())
+    settings = _settings()
+    quarantined = stored_quarantines(settings)
+    next_runs = upcoming_runs(catalog.jobs.values(), stored_next_runs(settings))
     jobs = list(catalog.jobs.values())
     if as_json:
-        click.echo(json.dumps(catalog_as_json(catalog, blocked, quarantined), indent=2))
+        document = catalog_as_json(catalog, blocked, quarantined, next_runs)
+        click.echo(json.dumps(document, indent=2))
     else:
-        click.echo(jobs_table(jobs, blocked, quarantined))
+        click.echo(jobs_table(jobs, blocked, quarantined, next_runs))
         lines = [*override_lines(jobs), *blocked_lines(blocked), *quarantine_lines(quarantined)]
         for line in lines:
             click.echo(line)
@@ -252,20 +260,40 @@ cli.add_command(_operator_command("resume"))
 
 
 def stored_quarantines(settings: ServiceSettings) -> dict[str, str]:
-    """Quarantined jobs as the database has them; {} where there is no database yet (a
-    read-only look: nothing is created or migrated)."""
+    """Quarantined jobs as the database has them ({} where there is no database yet)."""
+    none: dict[str, tuple[str | None, str, datetime | None]] = {}
+    stored = _read_only(settings, lambda engine: RunHistory(engine).quarantines(), none)
+    return {job_type: reason for job_type, (reason, _, _) in stored.items() if reason}
+
+
+def stored_next_runs(settings: ServiceSettings) -> dict[str, datetime | None]:
+    """Each stored job's next run time (None: paused), as the job store has them."""
+
+    def read(engine: Engine) -> dict[str, datetime | None]:
+        with engine.connect() as connection:
+            rows = connection.execute(select(tables.jobs.c.id, tables.jobs.c.next_run_time))
+            return {
+                job_id: None if moment is None else datetime.fromtimestamp(moment, UTC)
+                for job_id, moment in rows
+            }
+
+    return _read_only(settings, read, {})
+
+
+def _read_only(settings: ServiceSettings, read: Callable[[Engine], T], default: T) -> T:
+    """What `read` finds in the database, or `default` where there is none yet or it cannot be
+    read: a look that creates and migrates nothing."""
     url = normalize_url(settings.database_url)
     path = sqlite_path(url)
     if is_sqlite(url) and (path is None or not path.exists()):
-        return {}
+        return default
     engine = create_database_engine(settings.database_url)
     try:
-        stored = RunHistory(engine).quarantines()
+        return read(engine)
     except Exception:  # unreachable, or not migrated yet
-        return {}
+        return default
     finally:
         engine.dispose()
-    return {job_type: reason for job_type, (reason, _, _) in stored.items() if reason}
 
 
 def _blocked(catalog: JobCatalog) -> dict[str, list[str]]:

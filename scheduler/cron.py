@@ -53,8 +53,7 @@ def zone(name: str) -> tzinfo:
     except (ZoneInfoNotFoundError, ValueError):
         hint = did_you_mean(name, available_timezones())
         raise ValueError(
-            f"unknown time zone {name!r}{hint} (use an IANA name such as 'Europe/Berlin' or "
-            "'UTC')"
+            f"unknown time zone {name!r}{hint} (use an IANA name such as 'Europe/Berlin' or 'UTC')"
         ) from None
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from .catalog import JobCatalog
 from .job_config import ResolvedJob
 from .options import JobPriority
 from .records import RunRecord
+from .schedules import CronSchedule
+
+#: A job not stored yet: an interval job first runs within a second of the service's start.
+AT_START: Final = "at start"
+PAUSED: Final = "paused"
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
@@ -35,6 +41,32 @@ def display(value: object) -> str:
 NONE: Mapping[str, str] = {}
 
 
+def upcoming_runs(
+    jobs: Iterable[ResolvedJob], stored: Mapping[str, datetime | None], now: datetime | None = None
+) -> dict[str, str]:
+    """When each enabled job runs next, in words: its stored next run time (UTC), `paused`,
+    or for a job not stored yet, the next time its cron expression matches or `at start`."""
+    now = now or datetime.now(UTC)
+    upcoming: dict[str, str] = {}
+    for job in jobs:
+        if not job.config.enabled:
+            continue
+        schedule = job.config.schedule
+        if job.job_type in stored:
+            moment = stored[job.job_type]
+            upcoming[job.job_type] = PAUSED if moment is None else _utc(moment)
+        elif isinstance(schedule, CronSchedule):
+            moment = schedule.trigger().get_next_fire_time(None, now)
+            upcoming[job.job_type] = _utc(moment) if moment else "never"
+        else:
+            upcoming[job.job_type] = AT_START
+    return upcoming
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def job_status(
     job: ResolvedJob, blocked: Mapping[str, list[str]], quarantined: Mapping[str, str] = NONE
 ) -> str:
@@ -49,15 +81,16 @@ def jobs_table(
     jobs: Sequence[ResolvedJob],
     blocked: Mapping[str, list[str]],
     quarantined: Mapping[str, str] = NONE,
+    next_runs: Mapping[str, str] = NONE,
 ) -> str:
-    header = ("JOB TYPE", "NAME", "STATUS", "INTERVAL", "PRIORITY", "CONCURRENT", "RETRIES",
-              "TIMEOUT", "BATCH", "REQUIRES", "DEPENDS ON")  # fmt: skip
+    header = ("JOB TYPE", "NAME", "STATUS", "SCHEDULE", "NEXT RUN (UTC)", "PRIORITY", "CONCURRENT",
+              "RETRIES", "TIMEOUT", "BATCH", "REQUIRES", "DEPENDS ON")  # fmt: skip
     rows = [header]
     for job in jobs:
         c, m = job.config, job.metadata
         rows.append((
             job.job_type, m.name, job_status(job, blocked, quarantined),
-            seconds(c.interval_seconds),
+            str(c.schedule), next_runs.get(job.job_type, "-"),
             c.priority.name, str(c.max_concurrent),
             f"{c.max_retries} every {seconds(c.retry_delay_seconds)}",
             seconds(c.timeout_seconds), str(c.batch_size),
@@ -87,7 +120,10 @@ def quarantine_lines(quarantined: Mapping[str, str]) -> list[str]:
 
 
 def job_as_json(
-    job: ResolvedJob, blocked: Mapping[str, list[str]], quarantined: Mapping[str, str] = NONE
+    job: ResolvedJob,
+    blocked: Mapping[str, list[str]],
+    quarantined: Mapping[str, str] = NONE,
+    next_runs: Mapping[str, str] = NONE,
 ) -> dict[str, Any]:
     meta = job.metadata
     config = job.config.model_dump(mode="json")
@@ -99,6 +135,8 @@ def job_as_json(
         "task_class": meta.qualified_class_name,
         "source": str(meta.source),
         "status": job_status(job, blocked, quarantined),
+        "schedule": str(job.config.schedule),
+        "next_run": next_runs.get(job.job_type),
         "blocked_by": blocked.get(job.job_type, []),
         "quarantined": quarantined.get(job.job_type),
         "config": config,
@@ -112,11 +150,16 @@ def job_as_json(
 
 
 def catalog_as_json(
-    catalog: JobCatalog, blocked: Mapping[str, list[str]], quarantined: Mapping[str, str] = NONE
+    catalog: JobCatalog,
+    blocked: Mapping[str, list[str]],
+    quarantined: Mapping[str, str] = NONE,
+    next_runs: Mapping[str, str] = NONE,
 ) -> dict[str, Any]:
     return {
         "tasks_dir": str(catalog.discovery.tasks_dir),
-        "jobs": [job_as_json(job, blocked, quarantined) for job in catalog.jobs.values()],
+        "jobs": [
+            job_as_json(job, blocked, quarantined, next_runs) for job in catalog.jobs.values()
+        ],
         "failures": [{"path": str(f.path), "error": f.error} for f in catalog.failures],
         "problems": [*catalog.problems, *catalog.never_run()],
         "warnings": list(catalog.warnings),

@@ -120,6 +120,7 @@ def jobs_overview(
                 "name": job.metadata.name if job else job_type,
                 "state": state,
                 "state_reason": why,
+                "schedule": str(job.config.schedule) if job else None,
                 "config": config,
                 "requirements": list(job.metadata.requirements) if job else [],
                 "dependencies": list(job.metadata.dependencies) if job else [],

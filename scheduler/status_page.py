@@ -64,14 +64,12 @@ def render_status_page(
     role = "active instance" if leader else "standby"
     rows = []
     for job in jobs:
-        config = job.get("config") or {}
-        interval = config.get("interval_seconds")
         state = job["state"] + (f" ({job['state_reason']})" if job.get("state_reason") else "")
         rows.append(
             "<tr>"
             + _cell(job["job_type"])
             + _cell(state, job["state"])
-            + _cell(f"{interval:g}s" if interval else "-")
+            + _cell(job.get("schedule") or "-")
             + _cell(_when(job.get("next_run_time"), now))
             + _cell(_outcome_label(job.get("last_outcome")), job.get("last_outcome") or "")
             + _cell(_ago(job.get("last_success_at"), now))
@@ -119,7 +117,7 @@ def render_status_page(
 <p id="health" class="{"ok" if not problems else "unhealthy"}">{escape(health)} · {role}
 · refreshed {now:%Y-%m-%d %H:%M:%S} UTC, every {REFRESH_SECONDS}s</p>
 <h2>Jobs</h2>
-<table id="jobs"><thead><tr><th>Job type</th><th>State</th><th>Interval</th><th>Next run (UTC)</th>
+<table id="jobs"><thead><tr><th>Job type</th><th>State</th><th>Schedule</th><th>Next run (UTC)</th>
 <th>Last outcome</th><th>Last success</th></tr></thead>
 <tbody>{"".join(rows) or '<tr><td colspan="6">no jobs</td></tr>'}</tbody></table>
 <h2>Recent failures</h2>

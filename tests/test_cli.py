@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from tests.conftest import FIXTURES, REPO_ROOT, WriteTask
 from tests.support import run_cli
@@ -53,7 +55,7 @@ def test_check_fails_listing_every_problem(tasks_dir: Path, write_task: WriteTas
     assert f"error: task file {tasks_dir / 'broken.py'}: SyntaxError" in result.stderr
     assert (
         "error: environment GOOD_INTERVAL_SECONDS='-1': interval_seconds: "
-        "Input should be greater than 0" in result.stderr
+        "Input should be greater than or equal to 0.1" in result.stderr
     )
     assert (
         "warning: environment variable GOOD_ENABLD matches no option of job 'good'" in result.stderr
@@ -209,12 +211,15 @@ def test_list_shows_jobs_and_where_overrides_came_from(
         str(tasks_dir),
         "--config-file",
         str(config),
-        env={"good_runner_interval_seconds": "45"},
+        env={
+            "good_runner_interval_seconds": "45",
+            "SCHEDULER_DATABASE_URL": f"sqlite:///{tmp_path}/none.db",
+        },
     )
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()[:2]
     assert header.split()[:3] == ["JOB", "TYPE", "NAME"]
-    assert row.split()[:6] == ["good", "Task", "blocked", "45s", "HIGH", "1"]
+    assert row.split()[:8] == ["good", "Task", "blocked", "every", "45s", "at", "start", "HIGH"]
     assert "wallet" in row
     assert (
         "good.interval_seconds = 45 from environment good_runner_interval_seconds='45'"
@@ -250,6 +255,10 @@ def test_list_json_has_every_effective_option(tasks_dir: Path, write_task: Write
         "batch_size": 10,
         "preserve_order": False,
         "idempotent": True,
+        "cron": None,
+        "timezone": None,
+        "misfire_grace_seconds": None,
+        "coalesce": None,
     }
     assert awesome["requirements"] == ["twitter"]
     assert awesome["overrides"] == {
@@ -270,3 +279,34 @@ def test_list_exits_1_and_reports_broken_files(tasks_dir: Path, write_task: Writ
     assert document["failures"] == [
         {"path": str(tasks_dir / "bad.py"), "error": "ImportError: no wallet sdk (line 1)"}
     ]
+
+
+CRON_TASK = """
+    from scheduler import BaseTask, JobContext, RunnerResult, job
+
+    @job("{job_type}", {schedule})
+    class Task(BaseTask[RunnerResult]):
+        async def _execute_impl(self, context: JobContext) -> list[RunnerResult]:
+            return []
+"""
+
+
+def test_list_shows_each_schedule_and_when_it_runs_next(
+    tasks_dir: Path, write_task: WriteTask, tmp_path: Path
+) -> None:
+    write_task("nightly.py", CRON_TASK.format(job_type="nightly", schedule='cron="30 2 * * *"'))
+    write_task("ticker.py", CRON_TASK.format(job_type="ticker", schedule="interval_seconds=5"))
+    env = {"NIGHTLY_TIMEZONE": "Asia/Tokyo", "SCHEDULER_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
+    result = scheduler("list", "--json", "--tasks-dir", str(tasks_dir), env=env)
+    assert result.returncode == 0, result.stderr
+    jobs = {entry["job_type"]: entry for entry in json.loads(result.stdout)["jobs"]}
+    assert jobs["nightly"]["schedule"] == "cron 30 2 * * * (Asia/Tokyo)"
+    assert jobs["ticker"]["schedule"] == "every 5s"
+    # Not stored yet (no database: nothing is created): the next match, or at start.
+    next_run = datetime.fromisoformat(jobs["nightly"]["next_run"] + "+00:00")
+    assert next_run.astimezone(ZoneInfo("Asia/Tokyo")).strftime("%H:%M") == "02:30"
+    assert jobs["ticker"]["next_run"] == "at start"
+    assert not (tmp_path / "x.db").exists()
+    table = scheduler("list", "--tasks-dir", str(tasks_dir), env=env).stdout
+    assert "SCHEDULE" in table and "NEXT RUN (UTC)" in table
+    assert "cron 30 2 * * * (Asia/Tokyo)" in table and jobs["nightly"]["next_run"] in table

@@ -12,11 +12,19 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from scheduler import BaseTask, JobContext, JobRegistry, RunnerResult, job
 from scheduler.database import create_database_engine
 from scheduler.history import migrate
+from scheduler.job_config import resolve_job_configs
 from scheduler.jobstore import GroupedSQLAlchemyJobStore
 from scheduler.leadership import sole_term
-from scheduler.reconcile import FIRST_RUN_SPREAD_SECONDS, DesiredJob, first_run_time, reconcile
+from scheduler.reconcile import (
+    FIRST_RUN_SPREAD_SECONDS,
+    DesiredJob,
+    desired_job,
+    first_run_time,
+    reconcile,
+)
 from scheduler.schedules import CronSchedule, IntervalSchedule, stored_schedule
 
 
@@ -180,3 +188,23 @@ def test_a_cron_schedule_survives_a_restart(tmp_path: Path) -> None:
     assert report.unchanged == ["weekly"]
     assert stored_schedule(job.trigger) == weekly and job.next_run_time == before
     assert before.astimezone(ZoneInfo("America/New_York")).strftime("%a %H:%M") == "Mon 09:00"
+
+
+def test_a_jobs_own_misfire_grace_and_coalescing_win_over_the_service_defaults(
+    scheduler: Any, tmp_path: Path
+) -> None:
+    class Task(BaseTask[RunnerResult]):
+        async def _execute_impl(self, context: JobContext) -> list[RunnerResult]:
+            return []
+
+    job("own", misfire_grace_seconds=5, coalesce=False)(Task)
+    job("defaults")(Task)
+    resolved = resolve_job_configs(JobRegistry.list_jobs(), {"DEFAULTS_COALESCE": "no"})
+    want = {
+        job_type: desired_job(item, f"{job_type}.py", coalesce=True, misfire_grace_seconds=60)
+        for job_type, item in resolved.jobs.items()
+    }
+    reconcile(scheduler, want, disabled=[], failed_files={}, tasks_dir=tmp_path)
+    stored = jobs(scheduler)
+    assert (stored["own"].misfire_grace_time, stored["own"].coalesce) == (5, False)
+    assert (stored["defaults"].misfire_grace_time, stored["defaults"].coalesce) == (60, False)
