@@ -322,3 +322,13 @@ def test_a_name_two_jobs_could_mean_is_an_error_naming_both() -> None:
     assert "job 'foo_runner'" in problem and "job 'foo'" in problem and "use FOO_ENABLED" in problem
     assert resolved.jobs["foo"].config.enabled is True  # neither silently disabled
     assert resolve({"FOO_ENABLED": "false"}).problems == ()
+
+
+def test_typos_of_every_option_get_the_right_suggestion() -> None:
+    declare()
+    environ = {"MY_JOB_PRESERVE_ORDR": "1", "MY_JOB_IDEMPOTNT": "no", "MY_JOB_CRONN": "@daily"}
+    warnings = "\n".join(resolve(environ).warnings)
+    assert "MY_JOB_PRESERVE_ORDR matches no option of job 'my_job'; did you mean " in warnings
+    assert "did you mean MY_JOB_PRESERVE_ORDER?" in warnings
+    assert "did you mean MY_JOB_IDEMPOTENT?" in warnings
+    assert "did you mean MY_JOB_CRON?" in warnings
