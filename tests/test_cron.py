@@ -39,15 +39,15 @@ DEC_2 = datetime(2026, 12, 2, tzinfo=UTC)  # a Wednesday
         ("@daily", ["Wed 02 00:00 UTC", "Thu 03 00:00 UTC"]),
         ("@weekly", ["Sun 06 00:00 UTC"]),
         ("@hourly", ["Wed 02 00:00 UTC", "Wed 02 01:00 UTC"]),
-        ("0 12 1 jan,jul *", ["Fri 01 12:00 UTC"]),
     ],
 )
 def test_cron_expressions_mean_what_crontab_says(expression: str, expected: list[str]) -> None:
-    got = fires(expression, DEC_2, len(expected))
-    if expression.startswith("0 12 1 jan"):
-        got = [next_fire_times(expression, "UTC", DEC_2, 1)[0].strftime("%a %d %H:%M UTC %b %Y")]
-        expected = ["Fri 01 12:00 UTC Jan 2027"]
-    assert got == expected
+    assert fires(expression, DEC_2, len(expected)) == expected
+
+
+def test_month_names_are_understood() -> None:
+    (moment,) = next_fire_times("0 12 1 jan,jul *", "UTC", DEC_2, 1)
+    assert moment.strftime("%a %d %H:%M %b %Y") == "Fri 01 12:00 Jan 2027"
 
 
 def test_the_autumn_repeated_hour_runs_a_fixed_time_once() -> None:
