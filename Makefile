@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP) ## run the service with the example tasks on SQLite
-	$(BIN)/scheduler run
+run: $(STAMP) ## run the service with the example tasks on SQLite, reloading changed task files
+	SCHEDULER_RELOAD=$${SCHEDULER_RELOAD:-true} $(BIN)/scheduler run
 
 test: $(STAMP) ## lint, type-check and run the test suite
 	$(BIN)/ruff check .

@@ -62,6 +62,7 @@ class ActiveRole:
         backend: ExecutionBackend,
         quarantine: Quarantine,
         not_loaded: dict[str, str],
+        history: RunHistory,
     ) -> None:
         self.scheduler = scheduler
         self.store = store
@@ -71,6 +72,7 @@ class ActiveRole:
         self.quarantine = quarantine
         #: Stored jobs whose task file failed to import, with why.
         self.not_loaded = not_loaded
+        self._history = history
 
     @classmethod
     async def take(
@@ -101,7 +103,7 @@ class ActiveRole:
             slots=PrioritySlots(settings.max_workers),
             backend=backend,
             instance=instance,
-            not_loaded={f.path.name: f.error for f in catalog.failures},
+            not_loaded=_failed_files(catalog),
             observer=observer,
             quarantine=quarantine,
             gate=functools.partial(_gate, leadership),
@@ -138,9 +140,32 @@ class ActiveRole:
             backend=backend,
             quarantine=quarantine,
             not_loaded=not_loaded,
+            history=history,
         )
         role.rerun_interrupted(interrupted, catalog)
         return role
+
+    async def reload(self, settings: ServiceSettings, catalog: JobCatalog) -> None:
+        """Run `catalog` from now on (the task files changed): new workers get the new code
+        first, then the coordinator the new jobs, then the store is reconciled; what did not
+        change keeps its next run time. A job whose file changed leaves its quarantine."""
+        self.backend.reload(_worker_files(catalog), catalog.jobs)
+        self.coordinator.set_jobs(catalog.jobs, _failed_files(catalog))
+        self.not_loaded = await asyncio.to_thread(_reconcile, self.scheduler, settings, catalog)
+        if self.quarantine.quarantined:
+            stored = await asyncio.to_thread(self._history.quarantines)
+            for job_type in list(self.quarantine.quarantined):
+                digest = stored.get(job_type, (None, "", None))[1]
+                if job_type in catalog.jobs and digest != task_file_digest(catalog, job_type):
+                    await self._lift_quarantine(job_type)
+
+    async def _lift_quarantine(self, job_type: str) -> None:
+        log.info("quarantine lifted: the task file changed", job_type=job_type)
+        self.quarantine.lift(job_type)
+        await asyncio.to_thread(self._history.lift_quarantine, job_type, utcnow())
+        if job_type in self.store.next_run_times:
+            await asyncio.to_thread(self.scheduler.resume_job, job_type)
+            self.coordinator.paused.discard(job_type)
 
     def rerun_interrupted(self, interrupted: list[RunRecord], catalog: JobCatalog) -> None:
         """Close out runs a dead process left behind, and those cut off at a shutdown; run the
@@ -174,12 +199,10 @@ def _backend(
 ) -> ExecutionBackend:
     if settings.execution == "inline":
         return InlineBackend(settings.kill_grace_seconds)
-    failed = {failure.path.name for failure in catalog.failures}
-    files = tuple(sorted({p.name for p in catalog.discovery.job_files.values()} - failed))
     options = PoolOptions(
         workers=settings.workers,
         tasks_dir=catalog.discovery.tasks_dir,
-        task_files=files,
+        task_files=_worker_files(catalog),
         kill_grace_seconds=settings.kill_grace_seconds,
         max_memory_bytes=settings.worker_max_memory_mb * 1024 * 1024,
         kill_memory_bytes=settings.worker_kill_memory_bytes,
@@ -189,6 +212,16 @@ def _backend(
         event_loop=settings.event_loop,
     )
     return ProcessBackend(options, catalog.jobs, observer)
+
+
+def _worker_files(catalog: JobCatalog) -> tuple[str, ...]:
+    """The task files a worker imports: those that declared jobs and imported cleanly."""
+    failed = set(_failed_files(catalog))
+    return tuple(sorted({p.name for p in catalog.discovery.job_files.values()} - failed))
+
+
+def _failed_files(catalog: JobCatalog) -> dict[str, str]:
+    return {failure.path.name: failure.error for failure in catalog.failures}
 
 
 def task_file_digest(catalog: JobCatalog, job_type: str) -> str:
@@ -301,7 +334,7 @@ def _reconcile(scheduler: Any, settings: ServiceSettings, catalog: JobCatalog) -
             coalesce=settings.coalesce,
             misfire_grace_seconds=settings.misfire_grace_seconds,
         )
-    failed_files = {f.path.name: f.error for f in catalog.failures}
+    failed_files = _failed_files(catalog)
     report = reconcile(
         scheduler,
         desired,

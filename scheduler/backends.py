@@ -8,6 +8,7 @@ and the history, whichever runs the body.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from .base import JobContext
@@ -23,6 +24,10 @@ class ExecutionBackend(Protocol):
 
     async def execute(self, job: ResolvedJob, context: JobContext) -> BodyResult:
         """Run one attempt's body: its requirements, then the body within its timeout."""
+
+    def reload(self, task_files: Sequence[str], jobs: Mapping[str, ResolvedJob]) -> None:
+        """The task files changed: run later attempts on their new code (`task_files`: those
+        that imported cleanly); attempts in progress end on the code they started with."""
 
     async def stop(self, grace_seconds: float) -> None:
         """Let bodies in progress end for up to `grace_seconds`, then end them."""
@@ -54,6 +59,9 @@ class InlineBackend:
             abandon_after_seconds=self._kill_grace_seconds,
             synchronous=meta.synchronous,
         )
+
+    def reload(self, task_files: Sequence[str], jobs: Mapping[str, ResolvedJob]) -> None:
+        pass  # the reload imported the new code into this process's registry
 
     async def stop(self, grace_seconds: float) -> None:
         pass

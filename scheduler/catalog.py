@@ -18,10 +18,10 @@ from .dependencies import (
     unknown_dependencies,
 )
 from .discovery import DiscoveryFailure, DiscoveryReport, discover, log_ignored
-from .isolated_discovery import discover_isolated, probe_requirements
+from .isolated_discovery import discover_isolated, probe_requirements, scan_isolated
 from .job_config import ResolvedJob, resolve_job_configs
 from .registry import JobRegistry
-from .requirements import unavailable_requirements
+from .requirements import RequirementRegistry, unavailable_requirements
 from .settings import ServiceSettings, unknown_service_variables
 
 log = structlog.get_logger(__name__)
@@ -109,6 +109,36 @@ def load_catalog(
         _log_discovery(report)
     else:
         report = discover(settings.tasks_dir)
+    return _resolve(report, settings, environ, isolated)
+
+
+async def reload_catalog(settings: ServiceSettings, environ: Mapping[str, str]) -> JobCatalog:
+    """`load_catalog` for a running service: the task files are imported in child processes
+    off the loop, and the registry is swapped on the loop in one step (the loop reads it). In
+    inline mode they are imported on the loop, as at start-up: that mode trusts its tasks.
+
+    A catalog with problems (the service would refuse to start with it) is returned for its
+    problems to be told, with the registries left as they were: the service keeps its jobs."""
+    jobs, providers = JobRegistry.snapshot(), RequirementRegistry.list_providers()
+    if settings.execution == "process":
+        found = await asyncio.to_thread(
+            scan_isolated, settings.tasks_dir, settings.discovery_timeout_seconds
+        )
+        found.register()
+        _log_discovery(found.report)
+        catalog = _resolve(found.report, settings, environ, isolated=True)
+    else:
+        catalog = load_catalog(settings, environ, isolated=False)
+    if catalog.problems:
+        JobRegistry.restore(jobs)
+        RequirementRegistry.restore(providers)
+    return catalog
+
+
+def _resolve(
+    report: DiscoveryReport, settings: ServiceSettings, environ: Mapping[str, str], isolated: bool
+) -> JobCatalog:
+    """The catalog of the jobs now registered, configured from `environ` and the config file."""
     jobs = JobRegistry.list_jobs()
     resolved = resolve_job_configs(jobs, environ, settings.config_file)
     failed = [str(failure.path) for failure in report.failures]

@@ -126,24 +126,16 @@ class RunCoordinator:
         observer: RunObserver | None = None,
         gate: Callable[[], StartRefusal | None] = always_open,
     ) -> None:
-        self._jobs = jobs
-        #: Jobs that wait on a disabled job: their dependency's old success must not let them run.
-        self._waits_on_disabled = {
-            job_type: disabled_dependency_reason(path)
-            for job_type, path in disabled_dependencies(jobs).items()
-        }
         self._history = history
         self._states = states
         self._slots = slots
         self._backend = backend
         self._quarantine = quarantine or Quarantine()
         self._instance = instance
-        self._not_loaded = dict(not_loaded or {})  # task file name -> why it failed to import
         self._check_dependencies = check_dependencies
         self._observer = observer or NoObserver()
-        self._order_locks = {
-            job_type: asyncio.Lock() for job_type, job in jobs.items() if job.config.preserve_order
-        }
+        self._order_locks: dict[str, asyncio.Lock] = {}
+        self.set_jobs(jobs, not_loaded or {})
         self._gate = gate  # whether this instance may start runs now (its leadership term)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
@@ -152,6 +144,23 @@ class RunCoordinator:
         self.paused: set[str] = set()
         #: Attempts of idempotent jobs cut off by `drain`: the next start runs them again.
         self.cut_off: list[tuple[str, int]] = []
+
+    def set_jobs(self, jobs: Mapping[str, ResolvedJob], not_loaded: Mapping[str, str]) -> None:
+        """Run `jobs` from now on (a reload of the task files); `not_loaded` maps each task file
+        that failed to import to why. Runs in progress keep the configuration they started with;
+        an order-preserving job keeps its lock, so its queued runs stay in order."""
+        self._jobs = jobs
+        #: Jobs that wait on a disabled job: their dependency's old success must not let them run.
+        self._waits_on_disabled = {
+            job_type: disabled_dependency_reason(path)
+            for job_type, path in disabled_dependencies(jobs).items()
+        }
+        self._not_loaded = dict(not_loaded)  # task file name -> why it failed to import
+        self._order_locks = {
+            job_type: self._order_locks.get(job_type) or asyncio.Lock()
+            for job_type, job in jobs.items()
+            if job.config.preserve_order
+        }
 
     def close(self) -> None:
         """Start no more attempts (at a stop or a demotion); those in progress go on."""

@@ -35,9 +35,23 @@ class IsolatedDiscovery:
     report: DiscoveryReport
     jobs: tuple[JobMetadata, ...]
 
+    def register(self) -> None:
+        """Make the registry hold exactly these jobs (as metadata)."""
+        JobRegistry.clear()
+        for meta in self.jobs:
+            JobRegistry.register(meta)
+
 
 def discover_isolated(tasks_dir: Path, timeout_seconds: float) -> IsolatedDiscovery:
     """Discover `tasks_dir` in child processes; register the jobs found as metadata here."""
+    found = scan_isolated(tasks_dir, timeout_seconds)
+    found.register()
+    return found
+
+
+def scan_isolated(tasks_dir: Path, timeout_seconds: float) -> IsolatedDiscovery:
+    """Discover `tasks_dir` in child processes, registering nothing: safe off the loop while
+    the service reads the registry (a reload registers the result on the loop, at once)."""
     started = time.perf_counter()
     tasks_dir = tasks_dir.resolve()
     if not tasks_dir.is_dir():
@@ -47,8 +61,6 @@ def discover_isolated(tasks_dir: Path, timeout_seconds: float) -> IsolatedDiscov
     while remaining:
         _one_child(tasks_dir, remaining, timeout_seconds, found)
     jobs = [meta for name in sorted(found) for meta in found[name][0]]
-    for meta in jobs:
-        JobRegistry.register(meta)
     failures = tuple(f for _, f in found.values() if f is not None)
     report = DiscoveryReport(
         tasks_dir=tasks_dir,

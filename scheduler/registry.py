@@ -57,6 +57,17 @@ class JobRegistry:
             cls.unregister(job_type)
 
     @classmethod
+    def snapshot(cls) -> list[tuple[JobMetadata, type[Any] | None]]:
+        """What `restore` puts back: every job, with its class where this process has it."""
+        return [(meta, cls._classes.get(job_type)) for job_type, meta in cls._jobs.items()]
+
+    @classmethod
+    def restore(cls, snapshot: list[tuple[JobMetadata, type[Any] | None]]) -> None:
+        cls.clear()
+        for meta, task_class in snapshot:
+            cls.register(meta, task_class)
+
+    @classmethod
     def get(cls, job_type: str) -> JobMetadata:
         try:
             return cls._jobs[job_type]

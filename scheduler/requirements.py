@@ -75,6 +75,11 @@ class RequirementRegistry:
         cls._providers.clear()
 
     @classmethod
+    def restore(cls, providers: Iterable[Provider]) -> None:
+        """Hold exactly `providers` (from `list_providers`) again."""
+        cls._providers = {provider.name: provider for provider in providers}
+
+    @classmethod
     async def acquire(cls, names: Iterable[str]) -> dict[str, object]:
         """The resource of every requirement in `names`; raises for the first one not met."""
         resources: dict[str, object] = {}

@@ -11,8 +11,8 @@ Stopping: SIGTERM or SIGINT stops scheduling, lets runs finish for
 `SCHEDULER_SHUTDOWN_GRACE_SECONDS`, then ends the rest (recorded `interrupted`; idempotent
 ones run again at the next start); a second signal skips the wait. Whatever the tasks do, the
 process exits within the grace plus 2 s: a timer thread ends it if the loop itself is stuck
-(possible only in inline mode). SIGHUP is logged and ignored (it would otherwise end the process
-without a drain).
+(possible only in inline mode). SIGHUP reloads the task files (reload.py), as a change seen by
+the watcher does.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -34,8 +34,9 @@ import structlog
 from sqlalchemy import Engine, text
 
 from .active import ActiveRole
-from .catalog import JobCatalog, requirement_warning
+from .catalog import JobCatalog, reload_catalog, requirement_warning
 from .database import create_database_engine, is_sqlite, normalize_url, redact
+from .errors import SchedulerError
 from .history import HistoryWriter, RunHistory, migrate
 from .http import HttpServer, create_app
 from .leadership import Leadership, leader_lock_for
@@ -43,6 +44,7 @@ from .limits import raise_open_file_limit
 from .metrics import SchedulerMetrics, ServiceStatus
 from .operations import ServiceOperations
 from .records import WorkerStatus, utcnow
+from .reload import TaskFolderWatcher
 from .settings import ServiceSettings
 from .status import Health, service_status
 
@@ -82,6 +84,9 @@ class SchedulerService:
         self._lease_paused = False
         self._first_signal_at: float | None = None
         self._last_prune = 0.0
+        #: Held while the catalog changes hands: a reload and a leadership win never interleave.
+        self._catalog_lock = asyncio.Lock()
+        self._chores: set[asyncio.Future[None]] = set()  # held: the loop keeps only weak refs
 
     def _status(self) -> ServiceStatus:
         role = self.role
@@ -122,6 +127,10 @@ class SchedulerService:
         log.info("http listening", host=self.settings.http_host, port=self.settings.http_port)
         probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag")
         requirements = asyncio.create_task(self._warn_of_blocked_jobs(), name="requirements")
+        watcher = TaskFolderWatcher(self.settings.tasks_dir, self.settings.config_file, self.reload)
+        watching = (
+            asyncio.create_task(watcher.run(), name="reload") if self.settings.reload else None
+        )
         writer: HistoryWriter | None = None
         self.leadership.fence.add_listener(functools.partial(self._term_ended, loop))
         try:
@@ -129,12 +138,51 @@ class SchedulerService:
                 writer = HistoryWriter(self.engine, self.leadership.fence)
                 await self._supervise(writer)
         finally:
+            watcher.stop()
+            if watching is not None:
+                await asyncio.wait({watching}, timeout=2)
             await self._shutdown(writer)
             probe.cancel()
             requirements.cancel()
             await http.stop()
 
-    async def _warn_of_blocked_jobs(self) -> None:
+    async def reload(self, changed: list[str]) -> None:
+        """Discover the tasks folder again and run what it holds now: new jobs are added,
+        changed ones updated, removed ones unscheduled; the others keep their next run times.
+        A file that fails to import keeps its jobs' stored schedules (their runs are skipped
+        until it imports again). A change the service could not start with is refused whole."""
+        async with self._catalog_lock:
+            started = time.perf_counter()
+            try:
+                catalog = await reload_catalog(self.settings, os.environ)
+            except SchedulerError as error:
+                log.error("task files not reloaded; the jobs stay as they were", error=str(error))
+                return
+            if catalog.problems:
+                log.error(
+                    "task files not reloaded: the configuration would be invalid; the jobs stay "
+                    "as they were until it is fixed",
+                    problems=list(catalog.problems),
+                    changed=changed,
+                )
+                return
+            old, self.catalog = self.catalog, catalog
+            self.metrics.initialise(catalog.jobs)
+            if self.role is not None:
+                await self.role.reload(self.settings, catalog)
+            log.info(
+                "task files reloaded",
+                changed=changed,
+                added=sorted(catalog.jobs.keys() - old.jobs.keys()),
+                removed=sorted(old.jobs.keys() - catalog.jobs.keys()),
+                failed_task_files=[str(f.path) for f in catalog.failures],
+                seconds=round(time.perf_counter() - started, 3),
+            )
+        new = catalog.jobs.keys() - old.jobs.keys()
+        if any(catalog.jobs[job_type].metadata.requirements for job_type in new):
+            await self._warn_of_blocked_jobs(only=new)
+
+    async def _warn_of_blocked_jobs(self, only: Collection[str] | None = None) -> None:
         """Say at start-up which jobs will not run for want of a requirement (the seed example's
         `requires_twitter=True` with nothing providing "twitter"): their runs are otherwise only
         skipped, one history row at a time. In the background, as the providers may be slow
@@ -145,6 +193,8 @@ class SchedulerService:
             log.warning("requirement providers could not be asked at start-up", error=str(error))
             return
         for job_type, reasons in blocked.items():
+            if only is not None and job_type not in only:
+                continue
             for why in reasons:
                 log.warning(requirement_warning(job_type, why), job_type=job_type)
 
@@ -178,7 +228,10 @@ class SchedulerService:
         self._stop.set()
 
     def _on_sighup(self) -> None:
-        log.info("SIGHUP ignored: restart the service to pick up changed task files")
+        log.info("SIGHUP: reloading the task files")
+        reload = asyncio.ensure_future(self.reload(["SIGHUP"]))
+        self._chores.add(reload)
+        reload.add_done_callback(self._chores.discard)
 
     async def _sleep(self, seconds: float) -> bool:
         """Wait `seconds` unless a stop is requested first; True if it was."""
@@ -287,15 +340,16 @@ class SchedulerService:
     async def _lead(self, writer: HistoryWriter) -> None:
         """Become the active instance: recover, reconcile, then let the scheduler run."""
         self._lease_paused = False
-        self.role = await ActiveRole.take(
-            self.settings,
-            self.catalog,
-            self.engine,
-            writer,
-            self.metrics,
-            self.instance,
-            self.leadership,
-        )
+        async with self._catalog_lock:
+            self.role = await ActiveRole.take(
+                self.settings,
+                self.catalog,
+                self.engine,
+                writer,
+                self.metrics,
+                self.instance,
+                self.leadership,
+            )
         self.health.leader = True
         # Once the role is whole: the API's actions work from this line on.
         log.info(

@@ -84,6 +84,9 @@ class ServiceSettings(BaseSettings):
     watchdog_seconds: PositiveFloat = 1.0
     #: A job whose runs end their worker process this many times in a row is quarantined.
     quarantine_after: PositiveInt = 3
+    #: Watch the tasks folder (and the config file) and apply changes while running: a file
+    #: added, changed or removed is discovered and reconciled within about a second.
+    reload: bool = False
     #: How long one task file may take to import at discovery before it is given up on.
     discovery_timeout_seconds: PositiveFloat = 10.0
     #: A run that could not start within this many seconds of its time is skipped as missed.

@@ -31,7 +31,7 @@ from .invoke import _contained, acquire_requirements, invoke
 from .job_types import JobType
 from .logs import bind_run, configure_logging
 from .options import JobConfig
-from .records import BodyResult, Outcome
+from .records import BodyResult, Outcome, SkipReason
 from .registry import JobRegistry
 from .wire import LineBuffer, Message, encode
 
@@ -120,7 +120,10 @@ class Worker:
     async def _attempt(self, job_type: str, message: Message) -> BodyResult:
         config = self._jobs.get(job_type)
         if config is None or not JobRegistry.is_registered(job_type):
-            return BodyResult(Outcome.FAILURE, f"job {job_type!r} is not loaded in this worker")
+            # Its task file changed between discovery and this worker's start (a reload
+            # follows): the run is skipped, not failed and retried with a backoff.
+            why = f"job {job_type!r} is not loaded in this worker: its task file failed to import"
+            return BodyResult(Outcome.SKIPPED, why, skip_reason=SkipReason.NOT_LOADED)
         meta = JobRegistry.get(job_type)
         scheduled = message.get("scheduled")
         context = JobContext(

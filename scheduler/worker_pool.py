@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -140,7 +140,7 @@ class ProcessBackend:
             "k": "init",
             "tasks_dir": str(options.tasks_dir),
             "files": list(options.task_files),
-            "jobs": {jt: job.config.model_dump(mode="json") for jt, job in jobs.items()},
+            "jobs": _job_configs(jobs),
             "log_level": options.log_level,
             "log_format": options.log_format,
             "event_loop": options.event_loop,
@@ -180,6 +180,18 @@ class ProcessBackend:
         else:
             self._send(worker, key, dispatch)
         return await dispatch.future
+
+    def reload(self, task_files: Sequence[str], jobs: Mapping[str, ResolvedJob]) -> None:
+        """Workers started from now on import `task_files` as they are now; each current one
+        takes no new runs, finishes those it has on the code it started with, and ends."""
+        self._init = {**self._init, "files": list(task_files), "jobs": _job_configs(jobs)}
+        for worker in list(self._workers.values()):
+            if worker.state == "starting":  # it was handed the old files: none of its runs yet
+                worker.state = "retiring"
+                self._kill(worker, ExitReason.RECYCLED, "was replaced: the task files changed")
+                self._background(self._respawn(), name="spawn")
+            else:
+                self._retire(worker, "the task files changed", quiet=True)
 
     async def stop(self, grace_seconds: float) -> None:
         """End every worker: closed input first (an idle worker exits), then SIGKILL."""
@@ -364,12 +376,13 @@ class ProcessBackend:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _retire(self, worker: _Worker, why: str) -> None:
+    def _retire(self, worker: _Worker, why: str, *, quiet: bool = False) -> None:
         """No new runs for `worker`; it ends once idle, and a fresh one takes its place."""
         if worker.state != "ready":
             return
         worker.state = "retiring"
-        log.warning("worker retiring", worker=worker.index, pid=worker.pid, why=why)
+        emit = log.info if quiet else log.warning
+        emit("worker retiring", worker=worker.index, pid=worker.pid, why=why)
         self._background(self._respawn(), name="spawn")
 
     def _kill(self, worker: _Worker, reason: ExitReason, why: str) -> None:
@@ -413,6 +426,10 @@ class ProcessBackend:
             self._retire(worker, f"{mb} MB of memory, over the {limit} MB limit")
         if worker.state == "retiring" and not worker.in_flight:
             self._kill(worker, ExitReason.RECYCLED, "was recycled")
+
+
+def _job_configs(jobs: Mapping[str, ResolvedJob]) -> dict[str, Any]:
+    return {job_type: job.config.model_dump(mode="json") for job_type, job in jobs.items()}
 
 
 def _exit_description(code: int) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from scheduler.records import NOT_EXECUTING_MARK
 from tests.support import ServiceFactory, ServiceProcess, run_cli, task_source, wait_until
 
 QUICK = "return [RunnerResult(success=True)]"
@@ -102,9 +103,12 @@ def test_a_dying_worker_is_recorded_rerun_if_idempotent_and_replaced(
     )
     service = services(MARKER_DIR=str(tmp_path))
     wait_until(lambda: len(ready_pids(service)) == 2, what="two workers")
-    runs = services.wait_for_runs("dies", 2, outcome=None)
-    assert [r.outcome for r in runs] == ["crashed", "success"]  # re-run: it is idempotent
-    assert described in str(runs[0].error) and runs[0].run_id == runs[1].run_id
+    services.wait_for_runs("dies", 1)  # re-run: it is idempotent
+    runs = services.finished("dies")
+    assert runs[0].outcome == "crashed" and runs[-1].outcome == "success"
+    assert described in str(runs[0].error) and {r.run_id for r in runs} == {runs[0].run_id}
+    # A retry that shared its worker with `once` when that one died crashed as a bystander.
+    assert all(NOT_EXECUTING_MARK in str(r.error) for r in runs[1:-1]), runs
     (once,) = services.wait_for_runs("once", 1, outcome=None)
     assert once.outcome == "crashed" and once.dead_letter  # not idempotent: not re-run
     wait_until(lambda: len(ready_pids(service)) == 2, timeout=5, what="workers replaced")
@@ -300,17 +304,6 @@ def test_a_second_signal_stops_at_once(services: ServiceFactory) -> None:
     assert time.monotonic() - started < 3
     (run,) = services.runs("long")
     assert run.outcome == "interrupted"
-
-
-def test_sighup_is_ignored_and_does_not_end_the_service(services: ServiceFactory) -> None:
-    services.write_task("ticker.py", task_source("ticker", QUICK, interval_seconds=0.2))
-    service = services()
-    services.wait_for_runs("ticker", 1)
-    service.signal(signal.SIGHUP)
-    service.wait_for_log("SIGHUP ignored: restart the service to pick up changed task files")
-    count = len(services.finished("ticker"))
-    services.wait_for_runs("ticker", count + 3)
-    assert service.stop() == 0
 
 
 def test_workers_do_not_outlive_a_killed_scheduler(services: ServiceFactory) -> None:
