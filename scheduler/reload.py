@@ -28,6 +28,7 @@ STEP_MS = 100
 #: A burst that never goes quiet is yielded after this long anyway.
 DEBOUNCE_MS = 800
 
+#: Handles a batch of changed paths; it must not raise (it would end the watching).
 OnChange = Callable[[list[str]], Awaitable[None]]
 
 
@@ -71,14 +72,7 @@ class TaskFolderWatcher:
         ):
             paths = sorted({path for _, path in changes})
             _forget_bytecode(paths)
-            try:
-                await self._on_change(paths)
-            except Exception as error:  # a reload that fails must not end the watching
-                log.error(
-                    "reloading the task files failed; the jobs stay as they were",
-                    error=f"{type(error).__name__}: {error}",
-                    changed=paths,
-                )
+            await self._on_change(paths)
 
     def stop(self) -> None:
         self._stop.set()

@@ -150,7 +150,18 @@ class SchedulerService:
         """Discover the tasks folder again and run what it holds now: new jobs are added,
         changed ones updated, removed ones unscheduled; the others keep their next run times.
         A file that fails to import keeps its jobs' stored schedules (their runs are skipped
-        until it imports again). A change the service could not start with is refused whole."""
+        until it imports again). A change the service could not start with is refused whole.
+        Never raises: whatever goes wrong is logged, and the service goes on."""
+        try:
+            await self._reload(changed)
+        except Exception as error:
+            log.error(
+                "reloading the task files failed; the jobs stay as they were",
+                error=f"{type(error).__name__}: {error}",
+                changed=changed,
+            )
+
+    async def _reload(self, changed: list[str]) -> None:
         async with self._catalog_lock:
             started = time.perf_counter()
             try:
@@ -168,14 +179,25 @@ class SchedulerService:
                 return
             old, self.catalog = self.catalog, catalog
             self.metrics.initialise(catalog.jobs)
-            if self.role is not None:
-                await self.role.reload(self.settings, catalog)
+            role = self.role
+            if role is not None:
+                try:
+                    await role.reload(self.settings, catalog)
+                except Exception as error:  # the database went away mid-reconcile, say
+                    log.error(
+                        "task files reloaded, but the job store could not be brought in line "
+                        "with them; the next change, a SIGHUP or a restart tries again",
+                        error=f"{type(error).__name__}: {error}",
+                    )
+            failed = {failure.path for failure in catalog.failures}
+            gone = [job_type for job_type in old.jobs if job_type not in catalog.jobs]
             log.info(
                 "task files reloaded",
                 changed=changed,
                 added=sorted(catalog.jobs.keys() - old.jobs.keys()),
-                removed=sorted(old.jobs.keys() - catalog.jobs.keys()),
-                failed_task_files=[str(f.path) for f in catalog.failures],
+                removed=sorted(jt for jt in gone if old.source_file(jt) not in failed),
+                not_loaded=sorted(jt for jt in gone if old.source_file(jt) in failed),
+                failed_task_files=[str(path) for path in sorted(failed)],
                 seconds=round(time.perf_counter() - started, 3),
             )
         new = catalog.jobs.keys() - old.jobs.keys()

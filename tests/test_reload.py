@@ -93,6 +93,7 @@ def test_a_file_broken_on_reload_keeps_its_schedule_and_costs_only_its_own_runs(
     services.write_task("flaky.py", "def broken(:\n")
     line = wait_for_reload(service, 1)
     assert [Path(path).name for path in line["failed_task_files"]] == ["flaky.py"]
+    assert line["not_loaded"] == ["flaky"] and line["removed"] == []
     assert "flaky" in services.stored_job_ids()  # its schedule survives the bad edit
     skipped = wait_until(
         lambda: [
