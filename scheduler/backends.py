@@ -8,11 +8,13 @@ and the history, whichever runs the body.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from .base import JobContext
-from .invoke import acquire_requirements, invoke
+from .invoke import acquire_requirements, invoke, with_validated_params
 from .job_config import ResolvedJob
+from .params import ParamsProblem, validate_params
 from .records import BodyResult, WorkerStatus
 from .registry import JobRegistry
 
@@ -23,6 +25,12 @@ class ExecutionBackend(Protocol):
 
     async def execute(self, job: ResolvedJob, context: JobContext) -> BodyResult:
         """Run one attempt's body: its requirements, then the body within its timeout."""
+
+    async def validate_params(
+        self, job: ResolvedJob, params: Mapping[str, Any]
+    ) -> ParamsProblem | None:
+        """Why `params` do not validate against the job's model (where its task class is:
+        a worker process), or None if they do."""
 
     async def stop(self, grace_seconds: float) -> None:
         """Let bodies in progress end for up to `grace_seconds`, then end them."""
@@ -42,6 +50,10 @@ class InlineBackend:
 
     async def execute(self, job: ResolvedJob, context: JobContext) -> BodyResult:
         meta = job.metadata
+        checked = with_validated_params(context)
+        if isinstance(checked, BodyResult):
+            return checked
+        context = checked
         resources = await acquire_requirements(meta.requirements)
         if isinstance(resources, BodyResult):
             return resources
@@ -54,6 +66,15 @@ class InlineBackend:
             abandon_after_seconds=self._kill_grace_seconds,
             synchronous=meta.synchronous,
         )
+
+    async def validate_params(
+        self, job: ResolvedJob, params: Mapping[str, Any]
+    ) -> ParamsProblem | None:
+        model = JobRegistry.get_params_model(job.job_type)
+        if model is None:
+            return None
+        validated = validate_params(model, params)
+        return validated if isinstance(validated, ParamsProblem) else None
 
     async def stop(self, grace_seconds: float) -> None:
         pass
