@@ -33,7 +33,7 @@ from tests.support import ServiceFactory, ServiceProcess, run_cli, wait_until
 TOKEN = "one-off-token"
 
 TASKS = """
-import json, pathlib, time
+import asyncio, json, pathlib, time
 from pydantic import BaseModel, Field
 from scheduler import BaseTask, JobContext, RunnerResult, job
 
@@ -70,6 +70,18 @@ class Greet(BaseTask[RunnerResult]):
         greeting = context.params_as(Greeting)
         typed = isinstance(context.params_model, Greeting)
         note(context, greeting=greeting.model_dump(), typed=typed)
+        return [RunnerResult(success=True)]
+
+
+@job("slow_once", enabled=False)
+class SlowOnce(BaseTask[RunnerResult]):
+    # Hangs on its first run (until the test kills the service), then is quick.
+
+    async def _execute_impl(self, context: JobContext) -> list[RunnerResult]:
+        first = not JOURNAL.exists() or '"slow_once"' not in JOURNAL.read_text()
+        note(context)
+        if first:
+            await asyncio.sleep(60)
         return [RunnerResult(success=True)]
 
 
@@ -204,6 +216,9 @@ def test_params_are_checked_against_the_model_when_asked_for(services: ServiceFa
     assert refused({"parms": {}})[0] == 422  # a typo is not ignored
     status, answer = service.post_json("/api/jobs/note/run", "wrong", {"params": {}})
     assert status == 401
+    _, jobs = service.get_json("/api/jobs")
+    schemas = {j["job_type"]: j["params_schema"] for j in jobs}
+    assert schemas["note"] is None and schemas["greet"]["required"] == ["name"]
 
 
 @pytest.mark.parametrize("how", ["sigterm", "kill -9"])
@@ -229,6 +244,26 @@ def test_a_pending_run_survives_a_stop_and_runs_once(services: ServiceFactory, h
     assert (row.outcome, row.trigger, row.scheduled_at) == ("success", "manual", at)
     assert not [r for r in services.runs() if r.outcome == "running"]
     assert second.get_json("/api/runs/scheduled") == (200, [])
+
+
+def test_a_delayed_run_cut_off_by_a_crash_is_rerun_with_its_params(
+    services: ServiceFactory,
+) -> None:
+    write_tasks(services)
+    first = start(services)
+    run_id = schedule(first, "slow_once", later(0.3), {"batch": 7})["run_id"]
+    wait_for_entry(services, run_id)  # its body is going
+    first.kill()
+    start(services)
+    rerun = wait_until(
+        lambda: [e for e in journal(services) if e["job"] == "slow_once" and e["run_id"] != run_id],
+        what="the recovery run",
+    )
+    assert [e["params"] for e in rerun] == [{"batch": 7}]
+    (cut_off,) = finished_rows(services, run_id)
+    assert (cut_off.outcome, cut_off.trigger) == ("interrupted", "manual")
+    (again,) = finished_rows(services, rerun[0]["run_id"])
+    assert (again.outcome, again.trigger, again.params) == ("success", "recovery", '{"batch":7}')
 
 
 def test_a_pending_run_survives_a_restart_on_postgresql(
@@ -537,3 +572,35 @@ def test_a_task_can_read_its_params_inline(tmp_path: Path) -> None:
     problem, result = asyncio.run(run({}))
     assert problem is not None and problem.errors[0]["loc"] == ["name"]
     assert result.outcome == "failure" and not result.retryable
+
+
+def test_the_readme_example_task_works(tmp_path: Path) -> None:
+    import asyncio
+    import re
+
+    from scheduler.backends import InlineBackend
+    from scheduler.discovery import discover
+    from scheduler.job_config import resolve_job_configs
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    (example,) = [
+        b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "ExportParams" in b
+    ]
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "export_report.py").write_text(example, encoding="utf-8")
+    assert discover(tasks).failures == ()
+    job = resolve_job_configs(JobRegistry.list_jobs(), {}).jobs["export_report"]
+    assert job.metadata.params_schema is not None and not job.config.enabled
+    backend = InlineBackend(1.0)
+
+    async def run(params: dict[str, Any]) -> Any:
+        context = JobContext("export_report", job.config, new_run_id(), params=params)
+        return await backend.validate_params(job, params), await backend.execute(job, context)
+
+    problem, result = asyncio.run(run({"account": "acme", "days": "30"}))
+    assert problem is None and (result.outcome, result.items_succeeded) == ("success", 1)
+    problem, result = asyncio.run(run({"days": 0}))
+    assert problem is not None and [e["loc"] for e in problem.errors] == [["account"], ["days"]]
+    assert result.outcome == "failure" and "not retried" in (result.error or "")
