@@ -29,6 +29,8 @@ from .history import INTERRUPTED_BY_CRASH, DurableStarts, HistoryWriter, RunHist
 from .job_state import JobStates
 from .jobstore import GroupedSQLAlchemyJobStore
 from .leadership import Leadership
+from .params import decode_params
+from .pending import DelayedRuns, PendingStore
 from .quarantine import Quarantine
 from .reconcile import desired_job, reconcile
 from .records import Outcome, RunRecord, SkipReason, StartRefusal, Trigger, utcnow
@@ -63,6 +65,7 @@ class ActiveRole:
         quarantine: Quarantine,
         not_loaded: dict[str, str],
         history: RunHistory,
+        delayed: DelayedRuns,
     ) -> None:
         self.scheduler = scheduler
         self.store = store
@@ -73,6 +76,8 @@ class ActiveRole:
         #: Stored jobs whose task file failed to import, with why.
         self.not_loaded = not_loaded
         self._history = history
+        #: The timers of the delayed runs (`scheduler_pending_runs`).
+        self.delayed = delayed
 
     @classmethod
     async def take(
@@ -132,6 +137,16 @@ class ActiveRole:
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         scheduler.resume()
+        # Rows a previous term queued are committed (or refused) before the pending runs are
+        # read: a delayed run whose start was on its way is not armed again.
+        await asyncio.to_thread(writer.flush, 10.0)
+        delayed = DelayedRuns(
+            PendingStore(engine, leadership.fence),
+            coordinator,
+            writer,
+            catalog.jobs,
+            not_loaded.get,
+        )
         role = cls(
             scheduler=scheduler,
             store=store,
@@ -141,8 +156,10 @@ class ActiveRole:
             quarantine=quarantine,
             not_loaded=not_loaded,
             history=history,
+            delayed=delayed,
         )
         role.rerun_interrupted(interrupted, catalog)
+        await delayed.load()
         return role
 
     async def reload(self, settings: ServiceSettings, catalog: JobCatalog) -> None:
@@ -187,7 +204,10 @@ class ActiveRole:
             if rerun:
                 seen.add(record.run_id)
                 self.coordinator.spawn(
-                    record.job_type, scheduled_time=record.scheduled_at, trigger=Trigger.RECOVERY
+                    record.job_type,
+                    scheduled_time=record.scheduled_at,
+                    trigger=Trigger.RECOVERY,
+                    params=decode_params(record.params),
                 )
 
     def next_runs(self) -> dict[str, datetime | None]:

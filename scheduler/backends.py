@@ -9,11 +9,12 @@ and the history, whichever runs the body.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from .base import JobContext
-from .invoke import acquire_requirements, invoke
+from .invoke import acquire_requirements, invoke, with_validated_params
 from .job_config import ResolvedJob
+from .params import ParamsProblem, validate_params
 from .records import BodyResult, WorkerStatus
 from .registry import JobRegistry
 
@@ -28,6 +29,12 @@ class ExecutionBackend(Protocol):
     def reload(self, task_files: Sequence[str], jobs: Mapping[str, ResolvedJob]) -> None:
         """The task files changed: run later attempts on their new code (`task_files`: those
         that imported cleanly); attempts in progress end on the code they started with."""
+
+    async def validate_params(
+        self, job: ResolvedJob, params: Mapping[str, Any]
+    ) -> ParamsProblem | None:
+        """Why `params` do not validate against the job's model (where its task class is:
+        a worker process), or None if they do."""
 
     async def stop(self, grace_seconds: float) -> None:
         """Let bodies in progress end for up to `grace_seconds`, then end them."""
@@ -47,6 +54,10 @@ class InlineBackend:
 
     async def execute(self, job: ResolvedJob, context: JobContext) -> BodyResult:
         meta = job.metadata
+        checked = with_validated_params(context)
+        if isinstance(checked, BodyResult):
+            return checked
+        context = checked
         resources = await acquire_requirements(meta.requirements)
         if isinstance(resources, BodyResult):
             return resources
@@ -62,6 +73,15 @@ class InlineBackend:
 
     def reload(self, task_files: Sequence[str], jobs: Mapping[str, ResolvedJob]) -> None:
         pass  # the reload imported the new code into this process's registry
+
+    async def validate_params(
+        self, job: ResolvedJob, params: Mapping[str, Any]
+    ) -> ParamsProblem | None:
+        model = JobRegistry.get_params_model(job.job_type)
+        if model is None:
+            return None
+        validated = validate_params(model, params)
+        return validated if isinstance(validated, ParamsProblem) else None
 
     async def stop(self, grace_seconds: float) -> None:
         pass

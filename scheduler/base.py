@@ -16,6 +16,8 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
+from pydantic import BaseModel
+
 from .job_types import JobType
 from .options import JobConfig
 
@@ -37,6 +39,7 @@ class RunnerResult:
 
 ResultT = TypeVar("ResultT", bound=RunnerResult)
 ItemT = TypeVar("ItemT")
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def _no_resources() -> Mapping[str, object]:
@@ -54,6 +57,25 @@ class JobContext:
     scheduled_time: datetime | None = None
     #: What the job's requirement providers handed over, by requirement name ("twitter": client).
     resources: Mapping[str, object] = field(default_factory=_no_resources)
+    #: The JSON params an operator gave this run (`POST /api/jobs/{job_type}/run`,
+    #: `scheduler trigger --param`), read-only; empty for scheduled runs.
+    params: Mapping[str, Any] = field(default_factory=_no_resources)
+    #: The params validated against the job's model (`@job(..., params=Model)`), else None.
+    params_model: BaseModel | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.params) is not MappingProxyType:  # read-only, whoever built it
+            object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    def params_as(self, model: type[ModelT]) -> ModelT:
+        """The params as `model`: the instance validated before the run (`@job(...,
+        params=model)`), or `params` validated now (pydantic's ValidationError if they fail)."""
+        if isinstance(self.params_model, model):
+            return self.params_model
+        return model.model_validate(dict(self.params))
+
+    def with_params(self, params: Mapping[str, Any], model: BaseModel | None) -> JobContext:
+        return dataclasses.replace(self, params=MappingProxyType(dict(params)), params_model=model)
 
     def with_resources(self, resources: Mapping[str, object]) -> JobContext:
         return dataclasses.replace(self, resources=MappingProxyType(dict(resources)))

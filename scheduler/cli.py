@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -228,8 +229,136 @@ def _operator_command(action: str) -> click.Command:
     return command
 
 
+@cli.command("trigger")
+@click.argument("job_type")
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="Run later: an ISO 8601 time with its offset (2026-05-01T09:30:00+02:00, ...Z) or a "
+    "delay from now (+30s, +5m, +2h, +1d). Default: now.",
+)
+@click.option(
+    "--param",
+    "param_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A param of the run (repeatable). VALUE is read as JSON if it is JSON (42, true, "
+    '"text", [1,2]), else as a string.',
+)
+@click.option("--params", "params_json", metavar="JSON", help="The run's params as a JSON object.")
+@click.option("--url", help="The service's base URL  [default: from SCHEDULER_HTTP_HOST/PORT]")
+def trigger(
+    job_type: str,
+    at: str | None,
+    param_pairs: tuple[str, ...],
+    params_json: str | None,
+    url: str | None,
+) -> None:
+    """Ask the running service to run JOB_TYPE now, or at --at, with params (needs
+    SCHEDULER_ADMIN_TOKEN). Prints the service's answer as JSON on stdout and a summary on
+    stderr. Exit 0: accepted (run, started or scheduled); 1: refused by the service, or it
+    cannot be reached; 2: a bad option."""
+    when = None if at is None else parse_at(at, datetime.now(UTC))
+    params = parse_params(params_json, param_pairs)
+    body: dict[str, Any] = {}
+    if when is not None:
+        body["at"] = when.isoformat()
+    if params is not None:
+        body["params"] = params
+    settings = _settings()
+    token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    base = url or service_url(settings)
+    status, answer = call_service(f"{base}/api/jobs/{job_type}/run", token, body or None)
+    click.echo(json.dumps(answer, indent=2))
+    click.echo(trigger_summary(job_type, status, answer), err=True)
+    if status >= 400:
+        sys.exit(1)
+
+
+_DELAY = re.compile(r"\+(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_at(text: str, now: datetime) -> datetime:
+    """`--at`: an ISO 8601 time with an offset, or `+N` seconds/minutes/hours/days from now."""
+    text = text.strip()
+    delay = _DELAY.fullmatch(text)
+    if delay is not None:
+        return now + timedelta(**{_UNITS[delay.group(2)]: float(delay.group(1))})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither an ISO 8601 time (2026-05-01T09:30:00+02:00) nor a delay "
+            "(+30s, +5m, +2h, +1d)",
+            param_hint="--at",
+        ) from None
+    if moment.tzinfo is None:
+        raise click.BadParameter(
+            f"{text!r} has no UTC offset: add one (2026-05-01T09:30:00+02:00, or Z for UTC)",
+            param_hint="--at",
+        )
+    return moment
+
+
+def parse_params(params_json: str | None, pairs: Sequence[str]) -> dict[str, Any] | None:
+    """`--params` (a JSON object), then each `--param KEY=VALUE` over it; None if neither."""
+    if params_json is None and not pairs:
+        return None
+    params: dict[str, Any] = {}
+    if params_json is not None:
+        try:
+            params = json.loads(params_json)
+        except json.JSONDecodeError as error:
+            raise click.BadParameter(f"not JSON: {error}", param_hint="--params") from None
+        if not isinstance(params, dict):
+            raise click.BadParameter(
+                f"must be a JSON object ({{...}}), got {type(params).__name__}",
+                param_hint="--params",
+            )
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def trigger_summary(job_type: str, status: int, answer: Any, now: datetime | None = None) -> str:
+    """One line for people: what the service did with the request, or why it refused it."""
+    if status >= 400:
+        return f"error: the service refused the request ({status}): {problem_text(answer)}"
+    run_id = answer.get("run_id") if isinstance(answer, dict) else None
+    if status == 202:
+        at = datetime.fromisoformat(str(answer["at"])).astimezone(UTC)
+        seconds = (at - (now or datetime.now(UTC))).total_seconds()
+        when = f"{at:%Y-%m-%d %H:%M:%S} UTC (in {max(seconds, 0):.0f}s)"
+        return f"scheduled: run {run_id} of {job_type} at {when}"
+    outcome = answer.get("status") if isinstance(answer, dict) else None
+    error = answer.get("error") if isinstance(answer, dict) else None
+    return f"run {run_id} of {job_type}: {outcome}" + (f": {error}" if error else "")
+
+
+def problem_text(answer: Any) -> str:
+    """An error body made readable: FastAPI's lists of errors as `field: message` each."""
+    detail = answer.get("detail") if isinstance(answer, dict) else answer
+    if not isinstance(detail, list):
+        return str(detail)
+    lines = []
+    for item in detail:
+        if isinstance(item, dict):
+            loc = [str(part) for part in item.get("loc", []) if part != "body"]
+            lines.append(f"{'.'.join(loc) or 'request'}: {item.get('msg')}")
+        else:
+            lines.append(str(item))
+    return "; ".join(lines)
+
+
 OPERATOR_ACTIONS = {
-    "run": "Ask the running service to run JOB_TYPE now (needs SCHEDULER_ADMIN_TOKEN).",
     "pause": "Ask the running service to pause JOB_TYPE (needs SCHEDULER_ADMIN_TOKEN).",
     "resume": "Ask the running service to resume JOB_TYPE (needs SCHEDULER_ADMIN_TOKEN).",
 }
@@ -240,21 +369,31 @@ def service_url(settings: ServiceSettings) -> str:
     return f"http://{host}:{settings.http_port}"
 
 
-def call_service(url: str, token: str) -> tuple[int, Any]:
-    """POST to the running service with the admin token; (status, decoded JSON body)."""
-    request = urllib.request.Request(
-        url, method="POST", headers={"Authorization": f"Bearer {token}"}
-    )
+def call_service(url: str, token: str, body: Any = None) -> tuple[int, Any]:
+    """POST to the running service with the admin token (and `body` as JSON, if given);
+    (status, decoded JSON body)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+        return error.code, _json_or_text(error.read())
     except OSError as error:
         raise click.ClickException(f"cannot reach the scheduler at {url}: {error}") from None
 
 
-cli.add_command(_operator_command("run"), "trigger")
+def _json_or_text(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {"detail": data.decode(errors="replace").strip()}
+
+
 cli.add_command(_operator_command("pause"))
 cli.add_command(_operator_command("resume"))
 

@@ -23,6 +23,7 @@ from .job_config import ResolvedJob
 from .job_state import JobStates
 from .job_types import JobType
 from .logs import bind_run, unbind_run
+from .params import encode_params
 from .quarantine import Quarantine
 from .records import (
     BodyResult,
@@ -98,8 +99,18 @@ def always_open() -> StartRefusal | None:
     return None
 
 
-class _NotLeader(Exception):
-    """The attempt was refused because this instance's leadership term has ended."""
+class _NotStarted(Exception):
+    """The attempt was refused and nothing is recorded: this instance's leadership term has
+    ended (the slot is its successor's), or a delayed run could not start (it stays pending,
+    or its row is left for recovery)."""
+
+    def __init__(self, why: str, refusal: StartRefusal | str) -> None:
+        super().__init__(why)
+        self.why = why
+        self.refusal = refusal
+
+
+NOT_LEADER_TEXT = "not started: this instance's leadership term ended (another instance leads)"
 
 
 def retry_delay(base: float, retry: int, rng: Callable[[], float] = random.random) -> float:
@@ -144,6 +155,8 @@ class RunCoordinator:
         self.paused: set[str] = set()
         #: Attempts of idempotent jobs cut off by `drain`: the next start runs them again.
         self.cut_off: list[tuple[str, int]] = []
+        #: Run ids of delayed runs started from `scheduler_pending_runs` and not yet ended.
+        self._delayed: set[str] = set()
 
     def set_jobs(self, jobs: Mapping[str, ResolvedJob], not_loaded: Mapping[str, str]) -> None:
         """Run `jobs` from now on (a reload of the task files); `not_loaded` maps each task file
@@ -215,22 +228,56 @@ class RunCoordinator:
         trigger: Trigger = Trigger.SCHEDULE,
         task_file: str | None = None,
         run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> RunSummary:
         """One run of `job_type`, with every gate, its timeout and its retries."""
         async with self._tracked(), self._in_order(job_type):
-            return await self._run(job_type, scheduled_time, trigger, task_file, run_id)
+            return await self._run(job_type, scheduled_time, trigger, task_file, run_id, params)
 
-    async def run_now(self, job_type: str, wait_seconds: float = 5.0) -> RunSummary | str:
+    async def run_now(
+        self,
+        job_type: str,
+        wait_seconds: float = 5.0,
+        params: Mapping[str, Any] | None = None,
+    ) -> RunSummary | str:
         """An operator's "run now": the run's summary if it ended (or was skipped) within
         `wait_seconds`, else its run id (it goes on in the background)."""
-        job = self._jobs.get(job_type)
-        if job is not None and self._states.get(job_type).running >= job.config.max_concurrent:
-            why = f"{job.config.max_concurrent} run(s) already in progress (max_concurrent)"
-            return self.skip(job_type, SkipReason.MAX_INSTANCES, why, trigger=Trigger.MANUAL)
         run_id = new_run_id()
-        run = self.spawn(job_type, trigger=Trigger.MANUAL, run_id=run_id)
+        busy = self._at_max_concurrent(job_type, run_id, None)
+        if busy is not None:
+            return busy
+        run = self.spawn(job_type, trigger=Trigger.MANUAL, run_id=run_id, params=params)
         await asyncio.wait({run}, timeout=wait_seconds)
         return run.result() if run.done() else run_id
+
+    def start_delayed(
+        self, job_type: str, run_id: str, run_at: datetime, params: Mapping[str, Any]
+    ) -> asyncio.Task[RunSummary] | RunSummary:
+        """Start a delayed run that fell due (its pending row is consumed by its first history
+        row, see `HistoryWriter.claim_pending`): the running task, or the skip if the job is
+        at `max_concurrent`. A start refused for want of leadership, or at a stop, records
+        nothing: the run stays pending."""
+        busy = self._at_max_concurrent(job_type, run_id, run_at)
+        if busy is not None:
+            return busy
+        self._delayed.add(run_id)
+        task = self.spawn(
+            job_type, scheduled_time=run_at, trigger=Trigger.MANUAL, run_id=run_id, params=params
+        )
+        task.add_done_callback(lambda _: self._delayed.discard(run_id))
+        return task
+
+    def _at_max_concurrent(
+        self, job_type: str, run_id: str, scheduled_time: datetime | None
+    ) -> RunSummary | None:
+        """The skip of a manual run that finds its job at `max_concurrent`, else None."""
+        job = self._jobs.get(job_type)
+        if job is None or self._states.get(job_type).running < job.config.max_concurrent:
+            return None
+        why = f"{job.config.max_concurrent} run(s) already in progress (max_concurrent)"
+        return self.skip(
+            job_type, SkipReason.MAX_INSTANCES, why, scheduled_time, run_id, Trigger.MANUAL
+        )
 
     def _in_order(self, job_type: str) -> contextlib.AbstractAsyncContextManager[Any]:
         """The job's order lock if it preserves order (asyncio.Lock is first-come, first-served)."""
@@ -243,6 +290,7 @@ class RunCoordinator:
         trigger: Trigger,
         task_file: str | None,
         run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> RunSummary:
         run_id = run_id or new_run_id()
         token = bind_run(job_type, run_id)  # the run's log lines carry it, the task's own too
@@ -250,8 +298,10 @@ class RunCoordinator:
             job = self._jobs.get(job_type)
             if job is None:
                 why = self._not_loaded_reason(job_type, task_file)
-                return self.skip(job_type, SkipReason.NOT_LOADED, why, scheduled_time, run_id)
-            return await self._gated(job, run_id, scheduled_time, trigger)
+                return self.skip(
+                    job_type, SkipReason.NOT_LOADED, why, scheduled_time, run_id, trigger
+                )
+            return await self._gated(job, run_id, scheduled_time, trigger, params or {})
         finally:
             unbind_run(token)
 
@@ -262,12 +312,13 @@ class RunCoordinator:
         scheduled_time: datetime | None = None,
         trigger: Trigger = Trigger.MANUAL,
         run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> asyncio.Task[RunSummary]:
         """Start a run in the background; `drain` waits for it like for any other."""
-        task = asyncio.create_task(
-            self.run(job_type, scheduled_time=scheduled_time, trigger=trigger, run_id=run_id),
-            name=f"run:{job_type}",
+        run = self.run(
+            job_type, scheduled_time=scheduled_time, trigger=trigger, run_id=run_id, params=params
         )
+        task = asyncio.create_task(run, name=f"run:{job_type}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -351,7 +402,12 @@ class RunCoordinator:
         return f"job {job_type!r} is not declared by {where} any more"
 
     async def _gated(
-        self, job: ResolvedJob, run_id: str, scheduled_time: datetime | None, trigger: Trigger
+        self,
+        job: ResolvedJob,
+        run_id: str,
+        scheduled_time: datetime | None,
+        trigger: Trigger,
+        params: Mapping[str, Any],
     ) -> RunSummary:
         job_type = job.job_type
         quarantined = self._quarantine.reason(job_type)
@@ -371,14 +427,15 @@ class RunCoordinator:
         outcome = Outcome.INTERRUPTED
         last_error: str | None = "cancelled: the scheduler was shutting down"
         try:
-            summary = await self._attempts(job, run_id, scheduled_time, trigger)
+            summary = await self._attempts(job, run_id, scheduled_time, trigger, params)
             outcome, last_error = summary.outcome, summary.error
             return summary
-        except _NotLeader:
+        except _NotStarted as refused:
             outcome = Outcome.SKIPPED
-            why = "not started: this instance's leadership term ended (another instance leads)"
-            log.warning("run not started", why=why)
-            return RunSummary(run_id, job_type, Outcome.SKIPPED, 0, None, why)
+            log.warning("run not started", why=refused.why)
+            return RunSummary(
+                run_id, job_type, Outcome.SKIPPED, 0, None, refused.why, refused=refused.refusal
+            )
         finally:
             if outcome == Outcome.SKIPPED:
                 self._states.not_started(job_type)
@@ -386,13 +443,20 @@ class RunCoordinator:
                 self._states.finished(job_type, outcome, utcnow(), last_error)
 
     async def _attempts(
-        self, job: ResolvedJob, run_id: str, scheduled_time: datetime | None, trigger: Trigger
+        self,
+        job: ResolvedJob,
+        run_id: str,
+        scheduled_time: datetime | None,
+        trigger: Trigger,
+        params: Mapping[str, Any],
     ) -> RunSummary:
         config = job.config
         attempt = 0
         while True:
             attempt += 1
-            context = JobContext(JobType(job.job_type), config, run_id, attempt, scheduled_time)
+            context = JobContext(
+                JobType(job.job_type), config, run_id, attempt, scheduled_time, params=params
+            )
             record, retryable, at_once = await self._attempt(job, context, trigger)
             if record.outcome == Outcome.SKIPPED:  # a requirement, checked where the body runs
                 reason = SkipReason(str(record.skip_reason))
@@ -430,10 +494,14 @@ class RunCoordinator:
         return self._gate()
 
     def _refused(self, record: RunRecord, refusal: StartRefusal | str) -> RunRecord:
-        """An attempt the history or the gate refused: the record of a skip, or `_NotLeader`
-        (a leader whose term ended records nothing: the slot is its successor's)."""
+        """An attempt the history or the gate refused: the record of a skip, or `_NotStarted`
+        (a leader whose term ended records nothing: the slot is its successor's; nor does a
+        delayed run, which stays pending for the next term, or whose committed row is left for
+        recovery)."""
         if refusal == StartRefusal.NOT_LEADER:
-            raise _NotLeader()
+            raise _NotStarted(NOT_LEADER_TEXT, refusal)
+        if record.run_id in self._delayed:
+            raise _NotStarted(f"delayed run not started: {_refusal_text(refusal)}", refusal)
         record.finished_at = utcnow()
         record.outcome = Outcome.SKIPPED
         slot = refusal == StartRefusal.SLOT_TAKEN
@@ -481,6 +549,7 @@ class RunCoordinator:
             started_at=utcnow(),
             scheduled_at=context.scheduled_time,
             instance=self._instance,
+            params=encode_params(context.params) if context.params else None,
         )
         refusal = self._refusal() or await self._history.started(record)  # no work untraced
         refusal = refusal or self._refusal()  # the wait for the row may have outlived the term
@@ -522,6 +591,8 @@ def _refusal_text(refusal: StartRefusal | str) -> str:
         "history (the slot was handed over again, e.g. after a restart): it is not run twice",
         StartRefusal.LEASE_EXPIRED: "not started: the leadership lease could not be renewed "
         "(database unreachable or locked)",
+        StartRefusal.NOT_PENDING: "not started: it is no longer pending (cancelled, or started "
+        "already)",
     }
     return texts.get(refusal, "not started: the scheduler is stopping")
 

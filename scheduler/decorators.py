@@ -10,12 +10,13 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .base import BaseTask
 from .errors import JobDefinitionError
 from .metadata import JobMetadata, SourceLocation
 from .options import DECORATOR_OPTIONS, JobConfig, JobPriority
+from .params import model_schema
 from .registry import JobRegistry
 from .suggestions import did_you_mean
 
@@ -47,12 +48,15 @@ def job(
     idempotent: bool | None = None,
     misfire_grace_seconds: int | None = None,
     coalesce: bool | None = None,
+    params: type[BaseModel] | None = None,
     **requirements: bool,
 ) -> Callable[[TaskT], TaskT]:
     """Register the decorated `BaseTask` subclass as the job `job_type`.
 
     An option left as None takes its default (see `JobConfig`). Any `requires_<name>=True`
-    declares a named requirement that must be available for the job to run.
+    declares a named requirement that must be available for the job to run. `params` is a
+    pydantic model that the params of a manual run must validate against (the body gets the
+    instance: `context.params_as(Model)`).
     """
     caller = sys._getframe(1)
     location = SourceLocation(caller.f_code.co_filename, caller.f_lineno)
@@ -77,6 +81,7 @@ def job(
         problems: list[str] = []
         _check_job_type(job_type, problems)
         _check_task_class(cls, problems)
+        _check_params_model(params, problems)
         required = _requirement_names(requirements, problems)
         needs = _dependency_names(job_type, dependencies, problems)
         config = _validated_config({k: v for k, v in given.items() if v is not None}, problems)
@@ -98,8 +103,11 @@ def job(
                 dependencies=needs,
                 source=location,
                 synchronous=not inspect.iscoroutinefunction(cls._execute_impl),
+                params_model=None if params is None else _qualified(params),
+                params_schema=None if params is None else model_schema(params),
             ),
             cls,
+            params,
         )
         return cls
 
@@ -121,6 +129,15 @@ def _check_task_class(cls: object, problems: list[str]) -> None:
     impl = cls._execute_impl
     if impl is BaseTask._execute_impl:
         problems.append(f"{cls.__qualname__} does not implement _execute_impl")
+
+
+def _check_params_model(model: object, problems: list[str]) -> None:
+    if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
+        problems.append(f"option 'params' must be a pydantic BaseModel subclass, got {model!r}")
+
+
+def _qualified(model: type[BaseModel]) -> str:
+    return f"{model.__module__}.{model.__qualname__}"
 
 
 def _requirement_names(options: Mapping[str, object], problems: list[str]) -> tuple[str, ...]:

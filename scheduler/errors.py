@@ -63,3 +63,24 @@ class StoredJobError(SchedulerError):
 
 class StaleLeadershipError(SchedulerError):
     """This instance's leadership term has ended: another instance took over (fencing)."""
+
+
+class ParamsRejected(SchedulerError):
+    """A run's params do not validate against the model its job declares."""
+
+    def __init__(self, model: str, errors: Iterable[dict[str, object]], text: str) -> None:
+        super().__init__(text)
+        self.model = model
+        self.errors: tuple[dict[str, object], ...] = tuple(errors)
+
+
+class ParamsUnverifiable(SchedulerError):
+    """A run's params could not be checked (no worker process answered in time)."""
+
+
+class UnknownRunError(SchedulerError):
+    """No pending (delayed) run has this run id."""
+
+
+class RunAlreadyStartedError(SchedulerError):
+    """A delayed run fell due and started: too late to cancel it."""

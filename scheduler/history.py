@@ -54,7 +54,7 @@ from .records import (
     StartRefusal,
     clean_text,
 )
-from .tables import leadership, quarantines, runs
+from .tables import leadership, pending_runs, quarantines, runs
 
 log = structlog.get_logger(__name__)
 
@@ -136,6 +136,9 @@ class HistoryWriter:
         self._stall_reported = False
         #: Rows the database refused even alone (logged each).
         self.dropped = 0
+        #: Run ids of delayed runs due now: the transaction that writes a run's first row
+        #: (its start, or its skip) deletes its row of `scheduler_pending_runs`, or refuses it.
+        self._claims: set[str] = set()
         self._upsert = _upsert_statement(engine)
         self._guarded_upsert = _upsert_statement(engine, guarded=True)
         self._insert_starts = _insert_starts_statement(engine)
@@ -179,6 +182,14 @@ class HistoryWriter:
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener` (on the writer thread) after each commit and each failed attempt."""
         self._listeners.append(listener)
+
+    def claim_pending(self, run_id: str) -> None:
+        """The next first row (attempt 1) of `run_id` consumes its pending row, in the same
+        transaction: a start whose pending row is gone is refused (`NOT_PENDING`)."""
+        self._claims.add(run_id)
+
+    def claims(self, run_id: str) -> bool:
+        return run_id in self._claims
 
     def write(self, record: RunRecord) -> int:
         """Store the record as it is now (a later write of the same attempt replaces it);
@@ -228,6 +239,8 @@ class HistoryWriter:
                 log.exception("run history batch failed; writing its rows one by one")
                 refused = self._write_one_by_one(batch)
             self._busy_since = None
+            if self._claims:  # written (or refused) once: later rows of these runs claim nothing
+                self._claims.difference_update(row[0] for row in batch if row[1] == 1)
             if self._stall_reported:
                 log.info("run history writes flow again")
                 self._stall_reported = False
@@ -288,6 +301,45 @@ class HistoryWriter:
         # (PostgreSQL refuses to touch a row twice in one statement), so a start and an end in
         # one batch (runs that did not wait for their row, in an outage) are written as the end.
         latest = list({row[:2]: index for index, row in enumerate(batch)}.values())
+        claimed: dict[int, StartRefusal] = {}
+        if self._claims:
+            latest, claimed = self._claim(connection, batch, latest)
+        return {**self._write_latest(connection, batch, latest, careful), **claimed}
+
+    def _claim(
+        self, connection: Connection, batch: list[tuple[Any, ...]], latest: list[int]
+    ) -> tuple[list[int], dict[int, StartRefusal]]:
+        """Delete the pending rows of the delayed runs whose first row this batch holds; the
+        rows left to write, and the refused starts (their pending row is gone, or this
+        instance's term ended: the run is not started, and left to whoever has it)."""
+        claims = [i for i in latest if batch[i][1] == 1 and batch[i][0] in self._claims]
+        if not claims:
+            return latest, {}
+        why = StartRefusal.NOT_PENDING
+        try:
+            self._fence.check(connection)
+        except StaleLeadershipError:
+            gone, why = set(claims), StartRefusal.NOT_LEADER
+        else:
+            ids = sorted({batch[i][0] for i in claims})
+            deleted = set(
+                connection.execute(
+                    delete(pending_runs)
+                    .where(pending_runs.c.run_id.in_(ids))
+                    .returning(pending_runs.c.run_id)
+                ).scalars()
+            )
+            gone = {i for i in claims if batch[i][0] not in deleted}
+        refused = {i: why for i in gone if batch[i][_OUTCOME] == Outcome.RUNNING}
+        return [i for i in latest if i not in gone], refused
+
+    def _write_latest(
+        self,
+        connection: Connection,
+        batch: list[tuple[Any, ...]],
+        latest: list[int],
+        careful: bool,
+    ) -> dict[int, StartRefusal]:
         epoch = self._fence.epoch
         if careful or epoch is None:
             return self._write_carefully(connection, batch, latest)
@@ -370,16 +422,19 @@ class DurableStarts:
     def __init__(self, writer: HistoryWriter, loop: asyncio.AbstractEventLoop) -> None:
         self._writer = writer
         self._loop = loop
-        self._waiting: list[tuple[int, asyncio.Future[None]]] = []  # heap by ticket
+        #: (ticket, durable: wait for the commit even while writes fail, future), by ticket
+        self._waiting: list[tuple[int, bool, asyncio.Future[None]]] = []
         writer.add_listener(self._wake)
 
     async def started(self, record: RunRecord) -> StartRefusal | None:
-        """None once the row is committed (or at once while writes fail); else why the
+        """None once the row is committed (or at once while writes fail, except for a
+        delayed run's start, which must consume its pending row first); else why the
         history refused it, and the attempt must not start."""
+        durable = record.attempt == 1 and self._writer.claims(record.run_id)
         ticket = self._writer.write(record)
-        if self._writer.written < ticket and self._writer.healthy:
+        if self._writer.written < ticket and (durable or self._writer.healthy):
             future = self._loop.create_future()
-            heapq.heappush(self._waiting, (ticket, future))
+            heapq.heappush(self._waiting, (ticket, durable, future))
             await future
         return self._writer.refusal(ticket)
 
@@ -395,10 +450,16 @@ class DurableStarts:
 
     def _release(self) -> None:
         written, healthy = self._writer.written, self._writer.healthy
+        durable: list[tuple[int, bool, asyncio.Future[None]]] = []
         while self._waiting and (not healthy or self._waiting[0][0] <= written):
-            _, future = heapq.heappop(self._waiting)
-            if not future.done():  # a run cancelled while it waited
+            entry = heapq.heappop(self._waiting)
+            ticket, must_commit, future = entry
+            if must_commit and ticket > written:
+                durable.append(entry)  # not written yet: it waits on
+            elif not future.done():  # a run cancelled while it waited
                 future.set_result(None)
+        for entry in durable:
+            heapq.heappush(self._waiting, entry)
 
 
 _ROW_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name != "id")

@@ -8,23 +8,34 @@ import contextlib
 import dataclasses
 import hmac
 import socket
-from collections.abc import Iterator
-from typing import Annotated, Any, ClassVar, Protocol
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 import h11
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .errors import ConfigurationError, NotActiveError, UnknownJobTypeError
+from .errors import (
+    ConfigurationError,
+    NotActiveError,
+    ParamsRejected,
+    ParamsUnverifiable,
+    RunAlreadyStartedError,
+    UnknownJobTypeError,
+    UnknownRunError,
+)
 from .metrics import package_version
+from .params import MAX_PARAMS_BYTES, ParamsError, ParamsTooLarge, encode_params
+from .pending import PendingRun
 from .presentation import run_as_json
-from .records import RunRecord, RunSummary, WorkerStatus
+from .records import RunRecord, RunSummary, WorkerStatus, utcnow
 from .status_page import render_status_page
 
 
@@ -42,7 +53,14 @@ class ServiceView(Protocol):
     def workers(self) -> list[WorkerStatus]: ...
     def runs(self, job_type: str | None, limit: int, offset: int) -> list[RunRecord]: ...
     def recent_failures(self, limit: int = 10) -> list[RunRecord]: ...
-    async def run_now(self, job_type: str) -> RunSummary | str: ...
+    async def run_now(
+        self, job_type: str, params: Mapping[str, Any] | None = None
+    ) -> RunSummary | str: ...
+    async def schedule_run(
+        self, job_type: str, at: datetime, params: Mapping[str, Any] | None = None
+    ) -> PendingRun: ...
+    def scheduled_runs(self) -> list[PendingRun]: ...
+    async def cancel_scheduled(self, run_id: str) -> PendingRun: ...
     async def pause(self, job_type: str) -> None: ...
     async def resume(self, job_type: str) -> None: ...
 
@@ -60,6 +78,61 @@ class RunOutcome(BaseModel):
     skip_reason: str | None = None
     error: str | None = None
     attempts: int = 0
+
+
+#: How far ahead a delayed run may be.
+MAX_DELAY_DAYS = 366
+
+
+class RunRequest(BaseModel):
+    """The optional body of `POST /api/jobs/{job_type}/run`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: AwareDatetime | None = Field(
+        None,
+        description="When to run: an ISO 8601 time with its UTC offset. Absent, null, now or "
+        f"past: at once. At most {MAX_DELAY_DAYS} days ahead.",
+    )
+    params: dict[str, Any] | None = Field(
+        None,
+        description="A JSON object the run reads as `context.params` (validated against the "
+        f"job's params model, if it declares one); at most {MAX_PARAMS_BYTES} bytes of JSON.",
+    )
+
+    @field_validator("at")
+    @classmethod
+    def _within_reach(cls, at: datetime | None) -> datetime | None:
+        if at is None:
+            return None
+        try:
+            at = at.astimezone(UTC)
+            ahead = at - utcnow()
+        except OverflowError:
+            raise ValueError("at is out of range") from None
+        if ahead > timedelta(days=MAX_DELAY_DAYS):
+            raise ValueError(
+                f"at is {ahead.days} days ahead; a delayed run may be at most {MAX_DELAY_DAYS} "
+                "days ahead"
+            )
+        return at
+
+
+class ScheduledRun(BaseModel):
+    """A delayed run, accepted (`status` "scheduled"), pending, or cancelled."""
+
+    job_type: str
+    run_id: str
+    status: Literal["scheduled", "cancelled"]
+    at: datetime
+
+
+class PendingRunView(BaseModel):
+    run_id: str
+    job_type: str
+    at: datetime
+    params: dict[str, Any]
+    created_at: datetime
 
 
 class JobAction(BaseModel):
@@ -179,12 +252,44 @@ def job_runs(
     )
 
 
+@reads.get("/api/runs/scheduled", summary="The delayed runs still pending, soonest first")
+def scheduled_runs(view: View) -> list[PendingRunView]:
+    return [
+        PendingRunView(
+            run_id=run.run_id,
+            job_type=run.job_type,
+            at=run.run_at,
+            params=dict(run.params),
+            created_at=run.created_at,
+        )
+        for run in view.scheduled_runs()
+    ]
+
+
 @writes.post(
     "/api/jobs/{job_type}/run",
-    summary="Run the job now (max_concurrent, dependencies and requirements still apply)",
+    summary="Run the job now, or at `at` (max_concurrent, dependencies and requirements apply)",
+    responses={
+        202: {"model": ScheduledRun, "description": "A delayed run, stored until its time"},
+        413: {"model": Problem, "description": "params too large"},
+        503: {"model": Problem, "description": "params could not be validated now"},
+    },
 )
-async def run_now(view: View, job_type: str) -> RunOutcome:
-    result = await view.run_now(job_type)
+async def run_now(
+    view: View,
+    job_type: str,
+    response: Response,
+    request: Annotated[RunRequest | None, Body()] = None,
+) -> RunOutcome | ScheduledRun:
+    at = request.at if request is not None else None
+    params = request.params if request is not None else None
+    if params is not None:
+        encode_params(params)  # plain JSON, and not too large
+    if at is not None and at > utcnow():
+        run = await view.schedule_run(job_type, at, params)
+        response.status_code = 202
+        return ScheduledRun(job_type=job_type, run_id=run.run_id, status="scheduled", at=run.run_at)
+    result = await view.run_now(job_type, params)
     if isinstance(result, str):
         return RunOutcome(job_type=job_type, run_id=result, status="started")
     return RunOutcome(
@@ -195,6 +300,16 @@ async def run_now(view: View, job_type: str) -> RunOutcome:
         error=result.error,
         attempts=result.attempts,
     )
+
+
+@writes.delete(
+    "/api/runs/scheduled/{run_id}",
+    summary="Cancel a delayed run that has not started",
+    responses={404: {"model": Problem, "description": "No such pending run"}},
+)
+async def cancel_scheduled(view: View, run_id: Annotated[str, Path(max_length=64)]) -> ScheduledRun:
+    run = await view.cancel_scheduled(run_id)
+    return ScheduledRun(job_type=run.job_type, run_id=run_id, status="cancelled", at=run.run_at)
 
 
 @writes.post("/api/jobs/{job_type}/pause", summary="Stop scheduling the job until resumed")
@@ -222,13 +337,43 @@ async def _standby(_request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=409)
 
 
+async def _params_rejected(_request: Request, error: Exception) -> JSONResponse:
+    """pydantic's errors in FastAPI's own shape (the field's `loc` under body.params)."""
+    assert isinstance(error, ParamsRejected)
+    detail = []
+    for item in error.errors:
+        loc = item.get("loc")
+        detail.append({**item, "loc": ["body", "params", *(loc if isinstance(loc, list) else [])]})
+    return JSONResponse({"detail": detail, "model": error.model}, status_code=422)
+
+
+async def _bad_params(_request: Request, error: Exception) -> JSONResponse:
+    status = 413 if isinstance(error, ParamsTooLarge) else 422
+    return JSONResponse({"detail": str(error)}, status_code=status)
+
+
+def _status(code: int) -> Any:
+    async def handler(_request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=code)
+
+    return handler
+
+
 def create_app(view: ServiceView) -> FastAPI:
     app = FastAPI(
         title="taskwarden scheduler",
         version=package_version(),
         description="Health, metrics and jobs of a taskwarden scheduler service. Write "
         "endpoints need `Authorization: Bearer <SCHEDULER_ADMIN_TOKEN>`.",
-        exception_handlers={UnknownJobTypeError: _unknown_job, NotActiveError: _standby},
+        exception_handlers={
+            UnknownJobTypeError: _unknown_job,
+            NotActiveError: _standby,
+            ParamsRejected: _params_rejected,
+            ParamsError: _bad_params,
+            ParamsUnverifiable: _status(503),
+            UnknownRunError: _status(404),
+            RunAlreadyStartedError: _status(409),
+        },
     )
     app.state.view = view
     app.include_router(reads)

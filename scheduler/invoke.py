@@ -15,7 +15,9 @@ import structlog
 
 from .base import JobContext, RunnerResult
 from .errors import NonRetryableError
+from .params import ParamsProblem, validate_params
 from .records import BodyResult, Outcome, SkipReason, summarize_error
+from .registry import JobRegistry
 from .requirements import RequirementRegistry, RequirementUnavailable
 
 log = structlog.get_logger(__name__)
@@ -29,6 +31,20 @@ async def acquire_requirements(names: Sequence[str]) -> dict[str, object] | Body
         return await RequirementRegistry.acquire(names)
     except RequirementUnavailable as error:
         return BodyResult(Outcome.SKIPPED, str(error), skip_reason=SkipReason.REQUIREMENT)
+
+
+def with_validated_params(context: JobContext) -> JobContext | BodyResult:
+    """The context with its params validated against the job's model (if it declares one),
+    or the failure, not retried, of params that no longer validate (the model changed since
+    they were accepted)."""
+    model = JobRegistry.get_params_model(str(context.job_type))
+    if model is None:
+        return context
+    validated = validate_params(model, context.params)
+    if isinstance(validated, ParamsProblem):
+        why = f"params do not validate against {validated.model} (not retried): {validated.text}"
+        return BodyResult(Outcome.FAILURE, summarize_error(why), retryable=False)
+    return context.with_params(context.params, validated)
 
 
 async def invoke(

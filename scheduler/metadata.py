@@ -40,6 +40,10 @@ class JobMetadata:
     source: SourceLocation
     #: `def _execute_impl` (run in a worker thread) rather than `async def`.
     synchronous: bool = False
+    #: The qualified name of the params model (`@job(..., params=Model)`), if one is declared.
+    params_model: str | None = None
+    #: That model's JSON schema as text (None without a model, or if pydantic has none).
+    params_schema: str | None = None
 
     @property
     def qualified_class_name(self) -> str:
@@ -57,6 +61,8 @@ class JobMetadata:
             "dependencies": list(self.dependencies),
             "source": [self.source.path, self.source.line],
             "synchronous": self.synchronous,
+            "params_model": self.params_model,
+            "params_schema": self.params_schema,
         }
 
     @classmethod
@@ -73,4 +79,10 @@ class JobMetadata:
             dependencies=tuple(map(str, data["dependencies"])),
             source=SourceLocation(str(path), int(line)),
             synchronous=bool(data["synchronous"]),
+            params_model=_optional(data.get("params_model")),
+            params_schema=_optional(data.get("params_schema")),
         )
+
+
+def _optional(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -4,6 +4,7 @@ health, job states, workers, run history, and the operator's run now / pause / r
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -13,9 +14,18 @@ from sqlalchemy import Engine
 
 from .active import ActiveRole
 from .catalog import JobCatalog
-from .errors import NotActiveError, UnknownJobTypeError
+from .errors import (
+    NotActiveError,
+    ParamsRejected,
+    ParamsUnverifiable,
+    RunAlreadyStartedError,
+    StaleLeadershipError,
+    UnknownJobTypeError,
+    UnknownRunError,
+)
 from .history import RunHistory
 from .metrics import SchedulerMetrics
+from .pending import AlreadyStarted, PendingRun, PendingStore
 from .records import Outcome, RunRecord, RunSummary, WorkerStatus, utcnow
 from .settings import ServiceSettings
 from .status import Health, health_problems, jobs_overview
@@ -80,12 +90,60 @@ class ServiceOperations:
         failed = [str(Outcome.FAILURE), str(Outcome.TIMEOUT), str(Outcome.CRASHED)]
         return RunHistory(self._service.engine).recent(limit=limit, outcomes=failed)
 
-    async def run_now(self, job_type: str) -> RunSummary | str:
-        """An operator's "run now" (see RunCoordinator.run_now)."""
+    async def run_now(
+        self, job_type: str, params: Mapping[str, Any] | None = None
+    ) -> RunSummary | str:
+        """An operator's "run now" (see RunCoordinator.run_now), with its params checked."""
         self._known(job_type)
         role = self._active()
+        await self._check_params(role, job_type, params or {})
         log.info("run requested by an operator", job_type=job_type)
-        return await role.coordinator.run_now(job_type)
+        return await role.coordinator.run_now(job_type, params=params)
+
+    async def schedule_run(
+        self, job_type: str, at: datetime, params: Mapping[str, Any] | None = None
+    ) -> PendingRun:
+        """An operator's delayed run: stored, then run at `at` by whichever instance leads."""
+        self._known(job_type)
+        role = self._active()
+        await self._check_params(role, job_type, params or {})
+        try:
+            return await role.delayed.add(job_type, at, params or {})
+        except StaleLeadershipError:
+            raise NotActiveError("this instance's leadership term just ended; retry") from None
+
+    def scheduled_runs(self) -> list[PendingRun]:
+        """The delayed runs still pending, soonest first (read from the database: a standby
+        answers too)."""
+        return PendingStore(self._service.engine).load()
+
+    async def cancel_scheduled(self, run_id: str) -> PendingRun:
+        role = self._active()
+        try:
+            run = await role.delayed.cancel(run_id)
+        except AlreadyStarted as error:
+            raise RunAlreadyStartedError(f"{error}: too late to cancel it") from None
+        except StaleLeadershipError:
+            raise NotActiveError("this instance's leadership term just ended; retry") from None
+        if run is None:
+            raise UnknownRunError(f"no scheduled run {run_id!r} is pending")
+        return run
+
+    async def _check_params(
+        self, role: ActiveRole, job_type: str, params: Mapping[str, Any]
+    ) -> None:
+        """Ask where the task code is (a worker) whether the params validate against the
+        job's model; a job without one takes any JSON object."""
+        job = self._service.catalog.jobs.get(job_type)
+        if job is None or job.metadata.params_model is None:
+            return
+        try:
+            problem = await role.backend.validate_params(job, params)
+        except TimeoutError as error:
+            why = f"the params of {job_type!r} could not be validated: no worker answered"
+            raise ParamsUnverifiable(f"{why} ({error or 'timed out'}); retry shortly") from None
+        if problem is not None:
+            raise ParamsRejected(problem.model, problem.errors, problem.text)
 
     async def pause(self, job_type: str) -> None:
         """Stop scheduling `job_type` until resumed; the pause is stored and survives restarts."""

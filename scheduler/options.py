@@ -149,4 +149,10 @@ class JobConfig(BaseModel):
 
 
 #: Every option name `@job` accepts besides the job type and `requires_<name>`.
-DECORATOR_OPTIONS: Final = ("name", "description", "dependencies", *JobConfig.model_fields)
+DECORATOR_OPTIONS: Final = (
+    "name",
+    "description",
+    "dependencies",
+    "params",
+    *JobConfig.model_fields,
+)

@@ -9,6 +9,7 @@ from typing import Any, Final
 from .catalog import JobCatalog
 from .job_config import ResolvedJob
 from .options import JobPriority
+from .params import decode_params
 from .records import RunRecord
 from .schedules import CronSchedule
 
@@ -200,6 +201,7 @@ def run_as_json(record: RunRecord) -> dict[str, Any]:
         "items_failed": record.items_failed,
         "dead_letter": record.dead_letter,
         "instance": record.instance,
+        "params": decode_params(record.params) if record.params else None,
     }
 
 

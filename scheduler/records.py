@@ -55,6 +55,8 @@ class StartRefusal(StrEnum):
     SLOT_TAKEN = "slot_taken"  # the slot's first attempt is already recorded
     NOT_LEADER = "not_leader"  # this instance's leadership term has ended
     LEASE_EXPIRED = "lease_expired"  # the leader could not renew its lease lately
+    #: A delayed run's row in `scheduler_pending_runs` is gone (cancelled, or started already).
+    NOT_PENDING = "not_pending"
 
 
 class Trigger(StrEnum):
@@ -120,6 +122,8 @@ class RunRecord:
     items_succeeded: int = 0
     items_failed: int = 0
     dead_letter: bool = False
+    #: The run's params as compact JSON (None: none given), so that a re-run gets them too.
+    params: str | None = None
     id: int | None = field(default=None, compare=False)
 
     @property
@@ -141,6 +145,8 @@ class RunSummary:
     error: str | None = None
     items_succeeded: int = 0
     items_failed: int = 0
+    #: Why it never started and nothing was recorded (a `StartRefusal`, or "stopping").
+    refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import BaseModel
+
 from .errors import DuplicateJobError, UnknownJobTypeError
 from .job_types import JobType
 from .metadata import JobMetadata
@@ -14,16 +16,27 @@ def _same_declaration(a: JobMetadata, b: JobMetadata) -> bool:
     return a.qualified_class_name == b.qualified_class_name
 
 
+#: One job as registered: its metadata, and its class and params model where imported here.
+Registration = tuple[JobMetadata, type[Any] | None, type[BaseModel] | None]
+
+
 class JobRegistry:
     """The process-wide registry of jobs. Discovery fills it; everything else reads it."""
 
     _jobs: ClassVar[dict[str, JobMetadata]] = {}
     _classes: ClassVar[dict[str, type[Any]]] = {}
+    _params_models: ClassVar[dict[str, type[BaseModel]]] = {}
 
     @classmethod
-    def register(cls, metadata: JobMetadata, task_class: type[Any] | None = None) -> JobType:
-        """Register a job; `task_class` where this process imported it (not in the scheduler
-        process, which only holds the metadata discovery handed back)."""
+    def register(
+        cls,
+        metadata: JobMetadata,
+        task_class: type[Any] | None = None,
+        params_model: type[BaseModel] | None = None,
+    ) -> JobType:
+        """Register a job; `task_class` (and its `params_model`) where this process imported
+        it (not in the scheduler process, which only holds the metadata discovery handed
+        back)."""
         existing = cls._jobs.get(metadata.job_type)
         if existing is not None and not _same_declaration(existing, metadata):
             raise DuplicateJobError(
@@ -35,12 +48,15 @@ class JobRegistry:
         cls._jobs[metadata.job_type] = metadata
         if task_class is not None:
             cls._classes[metadata.job_type] = task_class
+        if params_model is not None:
+            cls._params_models[metadata.job_type] = params_model
         return JobType._add(metadata.job_type)
 
     @classmethod
     def unregister(cls, job_type: str) -> None:
         cls._jobs.pop(job_type, None)
         cls._classes.pop(job_type, None)
+        cls._params_models.pop(job_type, None)
         JobType._remove(job_type)
 
     @classmethod
@@ -57,15 +73,19 @@ class JobRegistry:
             cls.unregister(job_type)
 
     @classmethod
-    def snapshot(cls) -> list[tuple[JobMetadata, type[Any] | None]]:
-        """What `restore` puts back: every job, with its class where this process has it."""
-        return [(meta, cls._classes.get(job_type)) for job_type, meta in cls._jobs.items()]
+    def snapshot(cls) -> list[Registration]:
+        """What `restore` puts back: every job, with its class and params model where this
+        process has them."""
+        return [
+            (meta, cls._classes.get(job_type), cls._params_models.get(job_type))
+            for job_type, meta in cls._jobs.items()
+        ]
 
     @classmethod
-    def restore(cls, snapshot: list[tuple[JobMetadata, type[Any] | None]]) -> None:
+    def restore(cls, snapshot: list[Registration]) -> None:
         cls.clear()
-        for meta, task_class in snapshot:
-            cls.register(meta, task_class)
+        for meta, task_class, params_model in snapshot:
+            cls.register(meta, task_class, params_model)
 
     @classmethod
     def get(cls, job_type: str) -> JobMetadata:
@@ -87,6 +107,11 @@ class JobRegistry:
                 f"job {job_type!r} is known here only as metadata: its task file was imported "
                 "in another process (discovery runs task files in a child process)"
             ) from None
+
+    @classmethod
+    def get_params_model(cls, job_type: str) -> type[BaseModel] | None:
+        """The params model the job declared, where this process imported its task file."""
+        return cls._params_models.get(job_type)
 
     @classmethod
     def list_jobs(cls) -> list[JobMetadata]:

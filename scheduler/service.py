@@ -392,6 +392,7 @@ class SchedulerService:
 
     async def _stop_role(self, role: ActiveRole) -> None:
         """Stop scheduling, drain the runs (a second signal cuts the wait), stop the workers."""
+        role.delayed.close()  # the pending runs stay stored for the next term
         role.coordinator.close()
         if role.scheduler.running:
             await asyncio.to_thread(role.scheduler.shutdown, wait=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 
 from .catalog import JobCatalog
 from .dependencies import disabled_dependency_reason
+from .job_config import ResolvedJob
 from .job_state import JobStates
 from .metrics import JobStatus, ServiceStatus
 
@@ -124,6 +126,7 @@ def jobs_overview(
                 "config": config,
                 "requirements": list(job.metadata.requirements) if job else [],
                 "dependencies": list(job.metadata.dependencies) if job else [],
+                "params_schema": _schema(job),
                 "next_run_time": _iso(next_runs.get(job_type)),
                 "running": js.running if js else 0,
                 "last_outcome": js.last_outcome if js else None,
@@ -133,6 +136,12 @@ def jobs_overview(
             }
         )
     return overview
+
+
+def _schema(job: ResolvedJob | None) -> Any:
+    """The JSON schema of the job's params model (None: it takes any JSON object)."""
+    schema = job.metadata.params_schema if job else None
+    return json.loads(schema) if schema else None
 
 
 def service_status(

@@ -50,6 +50,7 @@ runs = Table(
     Column("dead_letter", Boolean, nullable=False, server_default=false()),
     Column("instance", String(255), nullable=False),
     Column("rerun_pending", Boolean, nullable=False, server_default=false()),
+    Column("params", Text, nullable=True),  # migration 0004
     UniqueConstraint("run_id", "attempt", name="uq_scheduler_runs_run_attempt"),
     Index("ix_scheduler_runs_job_type_id", "job_type", "id"),
     Index("ix_scheduler_runs_outcome", "outcome"),
@@ -63,6 +64,19 @@ runs = Table(
         sqlite_where=text(SLOT_PREDICATE),
         postgresql_where=text(SLOT_PREDICATE),
     ),
+)
+
+#: Delayed runs asked for by an operator (`POST /api/jobs/{job_type}/run` with `at`), until
+#: they start: the transaction that writes a run's first history row deletes its row here.
+pending_runs = Table(
+    "scheduler_pending_runs",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("job_type", String(191), nullable=False),
+    Column("run_at", DateTime(timezone=True), nullable=False),
+    Column("params", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_scheduler_pending_runs_run_at", "run_at"),
 )
 
 #: Jobs taken out of the schedule because their runs kept killing their worker (quarantine.py).

@@ -27,11 +27,13 @@ from .base import JobContext
 from .board import Board
 from .discovery import discover
 from .event_loop import EventLoopChoice, run_on_loop
-from .invoke import _contained, acquire_requirements, invoke
+from .invoke import _contained, acquire_requirements, invoke, with_validated_params
 from .job_types import JobType
 from .logs import bind_run, configure_logging
 from .options import JobConfig
+from .params import ParamsProblem, validate_params
 from .records import BodyResult, Outcome, SkipReason
+from .records import summarize_error as summarize
 from .registry import JobRegistry
 from .wire import LineBuffer, Message, encode
 
@@ -100,12 +102,30 @@ class Worker:
                     task = loop.create_task(self._run(message))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                elif message["k"] == "validate":
+                    self._validate(message)
         # The scheduler closed our stdin: it stopped, or died. Nothing is left to report to.
         os._exit(0)
 
     def _beat(self) -> None:
         self.beat_at = time.monotonic()
         asyncio.get_running_loop().call_later(self._beat_seconds, self._beat)
+
+    def _validate(self, message: Message) -> None:
+        """Check params against the job's model, for the scheduler (which has no task
+        classes): the model's validators are task code, and run here."""
+        job_type = message["job"]
+        model = JobRegistry.get_params_model(job_type)
+        problem: ParamsProblem | None = None
+        if model is not None:
+            try:
+                validated = validate_params(model, message["params"])
+            except Exception as error:  # a validator that raises something else
+                error_data = {"loc": [], "msg": summarize(error), "type": "validator_error"}
+                validated = ParamsProblem(model.__name__, (error_data,), summarize(error))
+            problem = validated if isinstance(validated, ParamsProblem) else None
+        answer = None if problem is None else problem.as_data()
+        self._channel.send({"k": "validated", "id": message["id"], "problem": answer})
 
     async def _run(self, message: Message) -> None:
         job_type = message["job"]
@@ -132,7 +152,12 @@ class Worker:
             message["run_id"],
             message["attempt"],
             None if scheduled is None else datetime.fromisoformat(scheduled),
+            params=message.get("params") or {},
         )
+        checked = with_validated_params(context)
+        if isinstance(checked, BodyResult):
+            return checked
+        context = checked
         key, board = message["id"], self._board
         resources = await board.on_loop(key, acquire_requirements(meta.requirements))
         if isinstance(resources, BodyResult):

@@ -35,6 +35,7 @@ import structlog
 from . import board
 from .base import JobContext
 from .job_config import ResolvedJob
+from .params import ParamsProblem
 from .records import NOT_EXECUTING_MARK, BodyResult, Outcome, WorkerStatus
 from .wire import LineBuffer, Message, encode
 
@@ -44,6 +45,8 @@ log = structlog.get_logger(__name__)
 SUPERVISE_SECONDS = 0.25
 #: How long a worker may take to exit once its input is closed, before it is killed.
 EXIT_SECONDS = 1.0
+#: How long a check of params may take, a worker's start included, before it is given up.
+VALIDATE_SECONDS = 5.0
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -101,6 +104,8 @@ class _Worker:
         self.board = board
         self.state = "starting"  # -> ready -> (retiring) ; the reader ends it
         self.in_flight: dict[int, _Dispatch] = {}
+        #: Checks of params sent to it (`validate`), by key.
+        self.validations: dict[int, asyncio.Future[ParamsProblem | None]] = {}
         self.outbox: list[Message] = []
         self.kill_reason: tuple[ExitReason, str] | None = None
         self.blocked: Message | None = None
@@ -173,6 +178,8 @@ class ProcessBackend:
             "attempt": context.attempt,
             "scheduled": None if scheduled is None else scheduled.isoformat(),
         }
+        if context.params:
+            message["params"] = dict(context.params)
         dispatch = _Dispatch(message, job.config.timeout_seconds)
         worker = self._least_busy()
         if worker is None:
@@ -192,6 +199,29 @@ class ProcessBackend:
                 self._background(self._respawn(), name="spawn")
             else:
                 self._retire(worker, "the task files changed", quiet=True)
+
+    async def validate_params(
+        self, job: ResolvedJob, params: Mapping[str, Any]
+    ) -> ParamsProblem | None:
+        """Ask a worker whether `params` validate against the job's model (its validators
+        are task code: they run there, never here). `TimeoutError` if no worker answers
+        within `VALIDATE_SECONDS`."""
+        async with asyncio.timeout(VALIDATE_SECONDS):
+            while (worker := self._least_busy()) is None:  # none ready yet: starting up
+                await asyncio.sleep(0.05)
+            key = next(self._keys)
+            future: asyncio.Future[ParamsProblem | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            worker.validations[key] = future
+            if not worker.outbox:
+                asyncio.get_running_loop().call_soon(self._flush, worker)
+            worker.outbox.append({"k": "validate", "id": key, "job": job.job_type,
+                                  "params": dict(params)})  # fmt: skip
+            try:
+                return await future
+            finally:
+                worker.validations.pop(key, None)
 
     async def stop(self, grace_seconds: float) -> None:
         """End every worker: closed input first (an idle worker exits), then SIGKILL."""
@@ -288,6 +318,8 @@ class ProcessBackend:
             dispatch = worker.in_flight.pop(message["id"], None)
             if dispatch is not None:
                 dispatch.resolve(BodyResult.from_data(message))
+        elif kind == "validated":
+            self._on_validated(worker, message)
         elif kind == "ready":
             self._on_ready(worker, message)
         elif kind == "blocked":
@@ -314,6 +346,12 @@ class ProcessBackend:
             )
         elif kind == "retire":
             self._retire(worker, str(message.get("why")))
+
+    def _on_validated(self, worker: _Worker, message: Message) -> None:
+        future = worker.validations.pop(message["id"], None)
+        if future is not None and not future.done():
+            problem = message.get("problem")
+            future.set_result(None if problem is None else ParamsProblem.from_data(problem))
 
     def _on_ready(self, worker: _Worker, message: Message) -> None:
         if worker.state != "starting":
@@ -345,6 +383,10 @@ class ProcessBackend:
                 error += f" {NOT_EXECUTING_MARK}"
             dispatch.resolve(BodyResult(Outcome.CRASHED, error, killed_worker=key == culprit))
         worker.in_flight.clear()
+        for future in worker.validations.values():
+            if not future.done():
+                future.set_exception(TimeoutError(f"its worker process (pid {worker.pid}) {why}"))
+        worker.validations.clear()
         if reason != ExitReason.STOPPED and self._observer is not None:
             self._observer.worker_exited(reason)
         if reason not in (ExitReason.RECYCLED, ExitReason.STOPPED):

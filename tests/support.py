@@ -113,9 +113,21 @@ class ServiceProcess:
         status, body = self.get(path)
         return status, json.loads(body)
 
-    def post_json(self, path: str, token: str | None = None) -> tuple[int, Any]:
+    def post_json(self, path: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
+        return self.request_json("POST", path, token, body)
+
+    def request_json(
+        self, method: str, path: str, token: str | None = None, body: Any = None
+    ) -> tuple[int, Any]:
+        """`method` `path` with the bearer `token` and `body` as JSON (if not None)."""
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        request = urllib.request.Request(self.base_url + path, method="POST", headers=headers)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers=headers
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, json.load(response)
