@@ -63,3 +63,11 @@ class StoredJobError(SchedulerError):
 
 class StaleLeadershipError(SchedulerError):
     """This instance's leadership term has ended: another instance took over (fencing)."""
+
+
+class RunNotInProgressError(SchedulerError, LookupError):
+    """An operator named a run (or a prefix of its id) that is not in progress here."""
+
+
+class AmbiguousRunError(SchedulerError, LookupError):
+    """A prefix of a run id matches more than one run in progress."""
