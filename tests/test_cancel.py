@@ -672,6 +672,9 @@ def test_cancel_from_the_command_line(services: ServiceFactory) -> None:
     (row,) = final_rows(services, threaded["run_id"])
     assert row.outcome == "cancelled" and row.error is not None
     assert row.error.endswith("so its worker was killed")
+    # Once it is gone, whatever else ran on it has been handed back (and is retried).
+    exited = service.wait_for_log("worker process ended", reason="cancelled")
+    assert exited["pid"] == threaded["worker_pid"]
     assert metric(service, 'scheduler_worker_exits_total{reason="cancelled"}') == 1
     again = cancel(threaded["run_id"])
     assert again.returncode == 1 and "no run in progress" in again.stderr
