@@ -8,6 +8,7 @@ and the history, whichever runs the body.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -42,34 +43,61 @@ class ExecutionBackend(Protocol):
     def statuses(self) -> list[WorkerStatus]:
         """The worker processes, for the API and the metrics (none inline)."""
 
+    def cancel(self, run_id: str) -> bool:
+        """An operator cancels the attempt of `run_id` in progress: its `execute` returns a
+        `cancelled` result once the body has stopped (or was made to). False if this backend
+        is not executing that run."""
+
+    def worker_pid(self, run_id: str) -> int | None:
+        """The process executing the attempt of `run_id`, when known (never inline)."""
+
 
 class InlineBackend:
     """Bodies run as tasks on this process's loop, from this process's registry."""
 
     def __init__(self, kill_grace_seconds: float) -> None:
         self._kill_grace_seconds = kill_grace_seconds
+        #: run id -> the future that cancels its attempt's body (see invoke).
+        self._cancels: dict[str, asyncio.Future[None]] = {}
 
     async def start(self) -> None:
         pass
 
     async def execute(self, job: ResolvedJob, context: JobContext) -> BodyResult:
         meta = job.metadata
-        checked = with_validated_params(context)
-        if isinstance(checked, BodyResult):
-            return checked
-        context = checked
-        resources = await acquire_requirements(meta.requirements)
-        if isinstance(resources, BodyResult):
-            return resources
-        if resources:
-            context = context.with_resources(resources)
-        return await invoke(
-            JobRegistry.get_task_class(job.job_type),
-            context,
-            job.config.timeout_seconds,
-            abandon_after_seconds=self._kill_grace_seconds,
-            synchronous=meta.synchronous,
-        )
+        cancel = self._cancels[context.run_id] = asyncio.get_running_loop().create_future()
+        try:
+            checked = with_validated_params(context)
+            if isinstance(checked, BodyResult):
+                return checked
+            context = checked
+            resources = await acquire_requirements(meta.requirements)
+            if isinstance(resources, BodyResult):
+                return resources
+            if resources:
+                context = context.with_resources(resources)
+            return await invoke(
+                JobRegistry.get_task_class(job.job_type),
+                context,
+                job.config.timeout_seconds,
+                abandon_after_seconds=self._kill_grace_seconds,
+                synchronous=meta.synchronous,
+                cancel=cancel,
+            )
+        finally:
+            if self._cancels.get(context.run_id) is cancel:
+                del self._cancels[context.run_id]
+
+    def cancel(self, run_id: str) -> bool:
+        cancel = self._cancels.get(run_id)
+        if cancel is None:
+            return False
+        if not cancel.done():
+            cancel.set_result(None)
+        return True
+
+    def worker_pid(self, run_id: str) -> int | None:
+        return None
 
     def reload(self, task_files: Sequence[str], jobs: Mapping[str, ResolvedJob]) -> None:
         pass  # the reload imported the new code into this process's registry

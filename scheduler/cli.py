@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -396,6 +397,74 @@ def _json_or_text(data: bytes) -> Any:
 
 cli.add_command(_operator_command("pause"))
 cli.add_command(_operator_command("resume"))
+
+#: The shortest run-id prefix `cancel` accepts (as the API does).
+MIN_RUN_ID_PREFIX = 8
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("--job", "job_type", help="Cancel every run of this job type in progress.")
+@click.option("--url", help="The service's base URL  [default: from SCHEDULER_HTTP_HOST/PORT]")
+@click.option("--json", "as_json", is_flag=True, help="Print the service's JSON answer.")
+def cancel(run_id: str | None, job_type: str | None, url: str | None, as_json: bool) -> None:
+    """Ask the running service to cancel RUN_ID (its full id or a unique prefix of at least 8
+    characters), or with --job every run of JOB_TYPE in progress (needs SCHEDULER_ADMIN_TOKEN).
+    The attempt is recorded `cancelled` and not retried.
+
+    Exits 0 when a run was cancelled, 1 when none was (no such run in progress, or the service
+    refused), 2 on a usage error."""
+    if (run_id is None) == (job_type is None):
+        raise click.UsageError("give a RUN_ID or --job JOB_TYPE (one of the two)")
+    if run_id is not None and len(run_id.strip()) < MIN_RUN_ID_PREFIX:
+        raise click.UsageError(
+            f"RUN_ID needs at least {MIN_RUN_ID_PREFIX} characters of the run id "
+            "(`scheduler history` shows them whole)"
+        )
+    settings = _settings()
+    token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    base = url or service_url(settings)
+    if run_id is not None:
+        path = f"/api/runs/{urllib.parse.quote(run_id.strip(), safe='')}/cancel"
+    else:
+        path = f"/api/jobs/{urllib.parse.quote(str(job_type), safe='')}/cancel"
+    status, body = call_service(base + path, token)
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+    if not _report_cancel(status, body, job_type, quiet=as_json):
+        sys.exit(1)
+
+
+def _report_cancel(status: int, body: Any, job_type: str | None, *, quiet: bool) -> bool:
+    """Say what a cancel did (unless `quiet`); whether any run was cancelled."""
+    if status >= 400:
+        detail = body.get("detail") if isinstance(body, dict) else body
+        if not quiet:
+            click.echo(f"error: {_detail_text(detail)} (HTTP {status})", err=True)
+        return False
+    runs = body.get("cancelled", []) if job_type is not None else [body]
+    if not runs:
+        if not quiet:
+            click.echo(f"no run of {job_type} is in progress", err=True)
+        return False
+    for run in [] if quiet else runs:
+        ended = (
+            "still stopping (its worker is killed if it does not stop within the kill grace)"
+            if run["status"] == "cancelling"
+            else f"ended {run['status']}"
+        )
+        click.echo(
+            f"cancelled run {run['run_id']} of {run['job_type']} "
+            f"(attempt {run['attempt']}): {ended}"
+        )
+    return True
+
+
+def _detail_text(detail: Any) -> str:
+    """FastAPI's `detail`: a message, or a list of validation problems."""
+    if isinstance(detail, list):
+        return "; ".join(str(item.get("msg", item)) for item in detail if isinstance(item, dict))
+    return str(detail)
 
 
 def stored_quarantines(settings: ServiceSettings) -> dict[str, str]:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -26,8 +27,10 @@ from .logs import bind_run, unbind_run
 from .params import encode_params
 from .quarantine import Quarantine
 from .records import (
+    CANCELLED_BY_OPERATOR,
     BodyResult,
     Outcome,
+    RunInProgress,
     RunRecord,
     RunSummary,
     SkipReason,
@@ -113,6 +116,23 @@ class _NotStarted(Exception):
 NOT_LEADER_TEXT = "not started: this instance's leadership term ended (another instance leads)"
 
 
+@dataclass(eq=False)
+class _LiveRun:
+    """A run between its first attempt's start and its end: what `cancel` needs."""
+
+    run_id: str
+    job_type: str
+    trigger: str
+    attempt: int = 0
+    started_at: datetime | None = None  # of the latest attempt; None until the first starts
+    executing: bool = False  # an attempt's body is with the backend now
+    cancelled: bool = False  # an operator asked
+    #: Done when cancelled: wakes a wait for a retry or for a slot.
+    wake: asyncio.Future[None] | None = None
+    #: Told the run's final outcome (see `wait_ended`).
+    waiters: list[asyncio.Future[str]] = field(default_factory=list)
+
+
 def retry_delay(base: float, retry: int, rng: Callable[[], float] = random.random) -> float:
     """Seconds before retry number `retry` (1, 2, ...): exponential from `base`, plus jitter."""
     delay = min(base * 2.0 ** (retry - 1), MAX_RETRY_DELAY_SECONDS)
@@ -157,6 +177,8 @@ class RunCoordinator:
         self.cut_off: list[tuple[str, int]] = []
         #: Run ids of delayed runs started from `scheduler_pending_runs` and not yet ended.
         self._delayed: set[str] = set()
+        #: Runs whose first attempt has started and that have not ended: run id -> its state.
+        self._live: dict[str, _LiveRun] = {}
 
     def set_jobs(self, jobs: Mapping[str, ResolvedJob], not_loaded: Mapping[str, str]) -> None:
         """Run `jobs` from now on (a reload of the task files); `not_loaded` maps each task file
@@ -182,6 +204,64 @@ class RunCoordinator:
     @property
     def active_runs(self) -> int:
         return sum(1 for task in self._tasks if not task.done())
+
+    def in_progress(self) -> list[RunInProgress]:
+        """Runs an operator may cancel: an attempt executing, or waiting to retry."""
+        runs = []
+        for live in list(self._live.values()):
+            if live.started_at is None:
+                continue
+            state = "cancelling" if live.cancelled else "running" if live.executing else "retrying"
+            pid = self._backend.worker_pid(live.run_id) if live.executing else None
+            runs.append(
+                RunInProgress(
+                    run_id=live.run_id,
+                    job_type=live.job_type,
+                    attempt=live.attempt,
+                    started_at=live.started_at,
+                    trigger=live.trigger,
+                    state=state,
+                    worker_pid=pid,
+                )
+            )
+        return runs
+
+    def cancel(self, run_id: str) -> bool:
+        """An operator cancels `run_id`: its attempt in progress is cancelled (the backend stops
+        its body, or kills its worker past the kill grace) and recorded `cancelled`; a run
+        waiting to retry ends `cancelled` without its next attempt. Never retried. False if
+        the run is not in progress here."""
+        live = self._live.get(run_id)
+        if live is None or live.started_at is None:
+            return False
+        if not live.cancelled:
+            live.cancelled = True
+            log.warning(
+                "run cancelled by an operator",
+                job_type=live.job_type,
+                run_id=run_id,
+                attempt=live.attempt,
+                executing=live.executing,
+            )
+        if live.executing:
+            self._backend.cancel(run_id)
+        elif live.wake is not None and not live.wake.done():
+            live.wake.set_result(None)
+        return True
+
+    async def wait_ended(self, run_ids: Sequence[str], timeout: float) -> dict[str, str]:
+        """The final outcome of each of `run_ids` that ends within `timeout` (a run no longer
+        in progress is left out: it ended before)."""
+        loop = asyncio.get_running_loop()
+        futures: dict[str, asyncio.Future[str]] = {}
+        for run_id in run_ids:
+            live = self._live.get(run_id)
+            if live is not None:
+                future = futures[run_id] = loop.create_future()
+                live.waiters.append(future)
+        if futures:
+            await asyncio.wait(futures.values(), timeout=timeout)
+        return {run_id: f.result() for run_id, f in futures.items() if f.done()}
 
     def start_due(
         self,
@@ -450,20 +530,47 @@ class RunCoordinator:
         trigger: Trigger,
         params: Mapping[str, Any],
     ) -> RunSummary:
-        config = job.config
+        live = _LiveRun(run_id, job.job_type, trigger)
+        final_outcome: str = Outcome.INTERRUPTED
+        try:
+            summary = await self._attempts_of(job, live, scheduled_time, trigger, params)
+            final_outcome = summary.outcome
+            return summary
+        finally:
+            if self._live.get(run_id) is live:
+                del self._live[run_id]
+            for waiter in live.waiters:
+                if not waiter.done():
+                    waiter.set_result(str(final_outcome))
+
+    async def _attempts_of(
+        self,
+        job: ResolvedJob,
+        live: _LiveRun,
+        scheduled_time: datetime | None,
+        trigger: Trigger,
+        params: Mapping[str, Any],
+    ) -> RunSummary:
+        config, run_id = job.config, live.run_id
         attempt = 0
         while True:
             attempt += 1
             context = JobContext(
                 JobType(job.job_type), config, run_id, attempt, scheduled_time, params=params
             )
-            record, retryable, at_once = await self._attempt(job, context, trigger)
+            outcome = await self._attempt(job, context, trigger, live)
+            if outcome is None:  # cancelled while waiting for a slot for this attempt
+                return self._cancelled_between(live, context, trigger)
+            record, retryable, at_once = outcome
             if record.outcome == Outcome.SKIPPED:  # a requirement, checked where the body runs
                 reason = SkipReason(str(record.skip_reason))
                 return self._skipped_attempt(record, reason)
-            final = record.outcome == Outcome.SUCCESS or not retryable
+            final = record.outcome == Outcome.SUCCESS or not retryable or live.cancelled
             final = final or attempt > config.max_retries
-            record.dead_letter = final and record.outcome != Outcome.SUCCESS
+            record.dead_letter = final and record.outcome not in (
+                Outcome.SUCCESS,
+                Outcome.CANCELLED,
+            )
             self._history.finished(record)
             _log_end(record)
             if final:
@@ -481,11 +588,40 @@ class RunCoordinator:
             delay = 0.0 if at_once else retry_delay(config.retry_delay_seconds, attempt)
             self._observer.retrying(job.job_type)
             log.info("run will be retried", attempt=attempt, retry_in_seconds=round(delay, 3))
-            if await self._stopped_within(delay):
+            if await self._stopped_within(delay, live):
                 log.warning("retry dropped: the scheduler is stopping", attempt=attempt)
                 return RunSummary(
                     run_id, job.job_type, Outcome(record.outcome), attempt, None, record.error
                 )
+            if live.cancelled:
+                next_context = JobContext(
+                    JobType(job.job_type), config, run_id, attempt + 1, scheduled_time
+                )
+                return self._cancelled_between(live, next_context, trigger)
+
+    def _cancelled_between(
+        self, live: _LiveRun, context: JobContext, trigger: Trigger
+    ) -> RunSummary:
+        """A run cancelled between two attempts: the attempt that did not start is its row."""
+        now = utcnow()
+        record = RunRecord(
+            run_id=live.run_id,
+            attempt=context.attempt,
+            job_type=live.job_type,
+            trigger=trigger,
+            started_at=now,
+            finished_at=now,
+            scheduled_at=context.scheduled_time,
+            instance=self._instance,
+            outcome=Outcome.CANCELLED,
+            error=f"{CANCELLED_BY_OPERATOR} while it waited to retry: attempt "
+            f"{context.attempt} did not start",
+        )
+        self._history.recorded(record)
+        _log_end(record)
+        return RunSummary(
+            live.run_id, live.job_type, Outcome.CANCELLED, context.attempt - 1, None, record.error
+        )
 
     def _refusal(self) -> StartRefusal | str | None:
         """Why no attempt may start now, if none may."""
@@ -509,11 +645,22 @@ class RunCoordinator:
         record.error = _refusal_text(refusal)
         return record
 
-    async def _stopped_within(self, seconds: float) -> bool:
-        """Sleep `seconds` (a retry's delay) unless the coordinator is drained first."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        return self._stopping.is_set()
+    async def _stopped_within(self, seconds: float, live: _LiveRun) -> bool:
+        """Sleep `seconds` (a retry's delay) unless the coordinator is drained first (True), or
+        an operator cancels the run (False, with `live.cancelled`)."""
+        if live.cancelled:
+            return False
+        loop = asyncio.get_running_loop()
+        live.wake = wake = loop.create_future()
+        stopping = loop.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait(
+                {stopping, wake}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopping.cancel()
+            live.wake = None
+        return self._stopping.is_set() and not live.cancelled
 
     def _skipped_attempt(self, record: RunRecord, reason: SkipReason) -> RunSummary:
         """An attempt whose body did not start after all: its `running` row becomes the skip."""
@@ -525,21 +672,46 @@ class RunCoordinator:
         return RunSummary(record.run_id, record.job_type, Outcome.SKIPPED, 0, reason, why)
 
     async def _attempt(
-        self, job: ResolvedJob, context: JobContext, trigger: Trigger
-    ) -> tuple[RunRecord, bool, bool]:
+        self, job: ResolvedJob, context: JobContext, trigger: Trigger, live: _LiveRun
+    ) -> tuple[RunRecord, bool, bool] | None:
         """One attempt inside a slot: its record, whether a retry may follow, and whether at
-        once (see `_attempt_in_slot`)."""
+        once (see `_attempt_in_slot`); None if an operator cancelled the run meanwhile."""
         config = job.config
-        await self._slots.acquire(config.priority)
+        if live.started_at is None:  # a first attempt: not cancellable before it starts
+            await self._slots.acquire(config.priority)
+        elif not await self._acquire_unless_cancelled(config.priority, live):
+            return None
         token = bind_run(job.job_type, context.run_id, context.attempt)
         try:
-            return await self._attempt_in_slot(job, context, trigger)
+            return await self._attempt_in_slot(job, context, trigger, live)
         finally:
             unbind_run(token)
             self._slots.release()
 
+    async def _acquire_unless_cancelled(self, priority: int, live: _LiveRun) -> bool:
+        """A slot for a retry, unless the run is cancelled first (False: no slot taken)."""
+        if live.cancelled:
+            return False
+        loop = asyncio.get_running_loop()
+        live.wake = wake = loop.create_future()
+        acquire = loop.create_task(self._slots.acquire(priority))
+        taken = False
+        try:
+            await asyncio.wait({acquire, wake}, return_when=asyncio.FIRST_COMPLETED)
+            taken = acquire.done() and not live.cancelled
+        finally:
+            live.wake = None
+            if not taken:  # cancelled, or drained: a slot it got after all goes back
+                acquire.cancel()
+                acquire.add_done_callback(self._give_back)
+        return taken
+
+    def _give_back(self, acquire: asyncio.Task[None]) -> None:
+        if not acquire.cancelled() and acquire.exception() is None:
+            self._slots.release()
+
     async def _attempt_in_slot(
-        self, job: ResolvedJob, context: JobContext, trigger: Trigger
+        self, job: ResolvedJob, context: JobContext, trigger: Trigger, live: _LiveRun
     ) -> tuple[RunRecord, bool, bool]:
         record = RunRecord(
             run_id=context.run_id,
@@ -559,8 +731,14 @@ class RunCoordinator:
         lag = _lag_seconds(record)
         log.info("run started", trigger=trigger, lag_seconds=lag)
         self._observer.attempt_started(job.job_type, lag)
+        live.attempt, live.started_at = context.attempt, record.started_at
+        self._live[live.run_id] = live
+        live.executing = True
         try:
-            result = await self._backend.execute(job, context)
+            if live.cancelled:  # cancelled while its row was being written
+                result = BodyResult(Outcome.CANCELLED, CANCELLED_BY_OPERATOR, retryable=False)
+            else:
+                result = await self._backend.execute(job, context)
         except asyncio.CancelledError:
             record.outcome = Outcome.INTERRUPTED
             record.error = "cancelled: the scheduler was shutting down"
@@ -572,6 +750,8 @@ class RunCoordinator:
             self._history.finished(record)
             _log_end(record)
             raise
+        finally:
+            live.executing = False
         record.finished_at = utcnow()
         record.outcome, record.error = result.outcome, result.error
         if result.outcome == Outcome.SKIPPED:
@@ -580,7 +760,8 @@ class RunCoordinator:
             return record, False, False
         record.items_succeeded, record.items_failed = result.items_succeeded, result.items_failed
         self._observer.attempt_finished(record)
-        self._quarantine.attempt_ended(job.job_type, result)
+        if result.outcome != Outcome.CANCELLED:  # neutral: an operator's doing, not the job's
+            self._quarantine.attempt_ended(job.job_type, result)
         bystander = result.outcome == Outcome.CRASHED and not result.killed_worker
         return record, _retryable(result, job.config.idempotent), bystander
 

@@ -84,3 +84,11 @@ class UnknownRunError(SchedulerError):
 
 class RunAlreadyStartedError(SchedulerError):
     """A delayed run fell due and started: too late to cancel it."""
+
+
+class RunNotInProgressError(SchedulerError, LookupError):
+    """An operator named a run (or a prefix of its id) that is not in progress here."""
+
+
+class AmbiguousRunError(SchedulerError, LookupError):
+    """A prefix of a run id matches more than one run in progress."""

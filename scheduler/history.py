@@ -618,7 +618,8 @@ class RunHistory:
                 and_(runs.c.outcome == Outcome.INTERRUPTED, runs.c.error == INTERRUPTED_BY_CRASH)
             )
         crashed = or_(*causes)
-        started = [str(outcome) for outcome in FINISHED]
+        # A cancelled attempt is an operator's doing: it neither counts nor resets a streak.
+        started = [str(outcome) for outcome in FINISHED if outcome != Outcome.CANCELLED]
         clean = (
             select(runs.c.job_type, func.max(runs.c.id).label("last"))
             .where(runs.c.outcome.in_(started), not_(crashed))

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import hmac
 import socket
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal, Protocol
@@ -15,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, Protocol
 import h11
 import uvicorn
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
@@ -23,11 +24,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .errors import (
+    AmbiguousRunError,
     ConfigurationError,
     NotActiveError,
     ParamsRejected,
     ParamsUnverifiable,
     RunAlreadyStartedError,
+    RunNotInProgressError,
     UnknownJobTypeError,
     UnknownRunError,
 )
@@ -35,8 +38,8 @@ from .metrics import package_version
 from .params import MAX_PARAMS_BYTES, ParamsError, ParamsTooLarge, encode_params
 from .pending import PendingRun
 from .presentation import run_as_json
-from .records import RunRecord, RunSummary, WorkerStatus, utcnow
-from .status_page import render_status_page
+from .records import RunCancellation, RunInProgress, RunRecord, RunSummary, WorkerStatus, utcnow
+from .status_page import render_message_page, render_status_page
 
 
 class ServiceView(Protocol):
@@ -63,6 +66,9 @@ class ServiceView(Protocol):
     async def cancel_scheduled(self, run_id: str) -> PendingRun: ...
     async def pause(self, job_type: str) -> None: ...
     async def resume(self, job_type: str) -> None: ...
+    def runs_in_progress(self) -> list[RunInProgress]: ...
+    async def cancel_run(self, run_id: str) -> RunCancellation: ...
+    async def cancel_job(self, job_type: str) -> list[RunCancellation]: ...
 
 
 class Problem(BaseModel):
@@ -141,6 +147,36 @@ class JobAction(BaseModel):
     next_run_time: str | None
 
 
+class RunInProgressModel(BaseModel):
+    """A run with an attempt executing, or waiting to retry."""
+
+    run_id: str
+    job_type: str
+    attempt: int
+    started_at: datetime
+    trigger: str
+    #: `running`, `retrying` (waiting for its retry) or `cancelling`.
+    state: str
+    #: The worker process executing the attempt (null inline, or while waiting to retry).
+    worker_pid: int | None
+
+
+class CancelledRun(BaseModel):
+    """A run an operator cancelled: `status` is its final outcome (`cancelled`, or how it
+    ended if it ended first) or `cancelling` if it had not stopped yet when this answered."""
+
+    run_id: str
+    job_type: str
+    attempt: int
+    status: str
+
+
+class JobCancellation(BaseModel):
+    job_type: str
+    #: The runs of the job that were in progress and are cancelled (empty: none was).
+    cancelled: list[CancelledRun]
+
+
 class RunsPage(BaseModel):
     job_type: str
     limit: int
@@ -158,6 +194,14 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+CANCEL_RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No run in progress has that id (or prefix)"},
+    409: {"model": Problem, "description": "The prefix matches several runs, or a standby"},
+}
+#: The most a status page form may send (its admin token), in bytes.
+MAX_FORM_BYTES = 4096
+
+
 def _view(request: Request) -> ServiceView:
     view: ServiceView = request.app.state.view
     return view
@@ -170,32 +214,81 @@ def require_admin(
     view: View, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Write endpoints need the configured bearer token; with none configured they are off."""
+    given = credentials.credentials if credentials is not None else ""
+    refusal = _token_refusal(view, given)
+    if refusal is not None:
+        status, detail = refusal
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        raise HTTPException(status, detail, headers=headers)
+
+
+def _token_refusal(view: ServiceView, given: str) -> tuple[int, str] | None:
+    """(status, why) if `given` is not the admin token, or no token is configured."""
     expected = view.admin_token
     if not expected:
-        raise HTTPException(
-            403, "write endpoints are disabled: set SCHEDULER_ADMIN_TOKEN to enable them"
-        )
-    given = credentials.credentials if credentials is not None else ""
+        return 403, "write endpoints are disabled: set SCHEDULER_ADMIN_TOKEN to enable them"
     if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-        )
+        return 401, "missing or wrong bearer token"
+    return None
 
 
 reads = APIRouter()
 writes = APIRouter(dependencies=[Depends(require_admin)], responses=WRITE_RESPONSES)
 
 
-@reads.get("/", response_class=HTMLResponse, summary="Status page (read-only)")
-def status_page(view: View) -> HTMLResponse:
+@reads.get("/", response_class=HTMLResponse, summary="Status page")
+def status_page(
+    view: View,
+    refresh: Annotated[str | None, Query(max_length=8)] = None,
+    cancelled: Annotated[str | None, Query(max_length=64)] = None,
+    outcome: Annotated[str | None, Query(max_length=16)] = None,
+) -> HTMLResponse:
     page = render_status_page(
         view.jobs_overview(),
         view.health_problems(),
         view.is_leader,
         view.recent_failures(),
         [dataclasses.asdict(worker) for worker in view.workers()],
+        in_progress=view.runs_in_progress(),
+        refresh=refresh != "off",
+        cancelled=(cancelled, outcome) if cancelled else None,
     )
     return HTMLResponse(page)
+
+
+@reads.post(
+    "/runs/{run_id}/cancel",
+    response_class=HTMLResponse,
+    summary="The status page's Cancel button: a form with the admin token as `token`",
+    include_in_schema=False,
+)
+async def cancel_run_form(view: View, request: Request, run_id: str) -> Response:
+    """The status page's form (no JavaScript): the admin token comes in the form body, and a
+    cancel redirects (303) back to the page, which says what happened."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return _message(413, "the form sent too much")
+    form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+    refusal = _token_refusal(view, (form.get("token") or [""])[0])
+    if refusal is not None:
+        status, why = refusal
+        return _message(status, "the admin token is missing or wrong" if status == 401 else why)
+    try:
+        result = await view.cancel_run(run_id)
+    except (RunNotInProgressError, UnknownJobTypeError) as error:
+        return _message(404, str(error))
+    except (AmbiguousRunError, NotActiveError) as error:
+        return _message(409, str(error))
+    query = urllib.parse.urlencode(
+        {"cancelled": result.run.run_id, "outcome": result.outcome or "cancelling"}
+    )
+    return RedirectResponse(f"/?{query}", status_code=303)
+
+
+def _message(status: int, text: str) -> HTMLResponse:
+    return HTMLResponse(render_message_page(f"Not cancelled: {text}"), status_code=status)
 
 
 @reads.get("/metrics", summary="Prometheus metrics", response_class=Response)
@@ -324,6 +417,41 @@ async def resume(view: View, job_type: str) -> JobAction:
     return _job_action(view, job_type)
 
 
+@reads.get(
+    "/api/runs/in-progress",
+    summary="Runs with an attempt executing or waiting to retry (empty on a standby)",
+)
+def runs_in_progress(view: View) -> list[RunInProgressModel]:
+    return [RunInProgressModel(**dataclasses.asdict(run)) for run in view.runs_in_progress()]
+
+
+@writes.post(
+    "/api/runs/{run_id}/cancel",
+    summary="Cancel a run in progress, named by its id or a unique prefix (8 characters or more)",
+    responses=CANCEL_RUN_RESPONSES,
+)
+async def cancel_run(
+    view: View, run_id: Annotated[str, Path(min_length=8, max_length=64)]
+) -> CancelledRun:
+    return _cancelled(await view.cancel_run(run_id))
+
+
+@writes.post("/api/jobs/{job_type}/cancel", summary="Cancel every run of the job in progress")
+async def cancel_job(view: View, job_type: str) -> JobCancellation:
+    results = await view.cancel_job(job_type)
+    return JobCancellation(job_type=job_type, cancelled=[_cancelled(r) for r in results])
+
+
+def _cancelled(result: RunCancellation) -> CancelledRun:
+    run = result.run
+    return CancelledRun(
+        run_id=run.run_id,
+        job_type=run.job_type,
+        attempt=run.attempt,
+        status=result.outcome or "cancelling",
+    )
+
+
 def _job_action(view: ServiceView, job_type: str) -> JobAction:
     job = next(j for j in view.jobs_overview() if j["job_type"] == job_type)
     return JobAction(job_type=job_type, state=job["state"], next_run_time=job["next_run_time"])
@@ -373,6 +501,8 @@ def create_app(view: ServiceView) -> FastAPI:
             ParamsUnverifiable: _status(503),
             UnknownRunError: _status(404),
             RunAlreadyStartedError: _status(409),
+            RunNotInProgressError: _status(404),
+            AmbiguousRunError: _standby,  # 409: a conflict, like a standby's
         },
     )
     app.state.view = view

@@ -16,7 +16,7 @@ import structlog
 from .base import JobContext, RunnerResult
 from .errors import NonRetryableError
 from .params import ParamsProblem, validate_params
-from .records import BodyResult, Outcome, SkipReason, summarize_error
+from .records import CANCELLED_BY_OPERATOR, BodyResult, Outcome, SkipReason, summarize_error
 from .registry import JobRegistry
 from .requirements import RequirementRegistry, RequirementUnavailable
 
@@ -55,6 +55,7 @@ async def invoke(
     abandon_after_seconds: float | None = None,
     synchronous: bool = False,
     wrap: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None,
+    cancel: asyncio.Future[None] | None = None,
 ) -> BodyResult:
     """Call the body once within `timeout_seconds`.
 
@@ -63,19 +64,48 @@ async def invoke(
     which kills the process). The outcome is `timeout` either way. A plain `def` body cannot be
     cancelled at all: it is recorded `timeout` at once and left to finish in its thread.
     `wrap` drives the body's coroutine (the worker's board marks each of its steps).
+
+    `cancel`, once done, is an operator's cancellation: the body is cancelled (a plain-def one
+    cannot be: its thread is waited for) and waited for up to `abandon_after_seconds` (None:
+    until it ends; in a worker the supervisor kills the process past the kill grace); the
+    outcome is `cancelled`, whatever the body did once asked to stop.
     """
     body = asyncio.ensure_future(_contained(task_class, context, wrap))
     try:
-        done, _ = await asyncio.wait({body}, timeout=timeout_seconds)
-        if not done:
-            body.cancel()
-            if not synchronous:
-                await asyncio.wait({body}, timeout=abandon_after_seconds)
-            return _timed_out(body, timeout_seconds, synchronous)
-        return _result_of(body)
+        waits: set[asyncio.Future[Any]] = {body} if cancel is None else {body, cancel}
+        done, _ = await asyncio.wait(
+            waits, timeout=timeout_seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+        if body in done:
+            return _result_of(body)
+        if cancel is not None and cancel in done:
+            return await _cancelled(body, synchronous, abandon_after_seconds)
+        body.cancel()
+        if not synchronous:
+            await asyncio.wait({body}, timeout=abandon_after_seconds)
+        return _timed_out(body, timeout_seconds, synchronous)
     except asyncio.CancelledError:
         body.cancel()
         raise
+
+
+async def _cancelled(
+    body: asyncio.Future[Any], synchronous: bool, abandon_after_seconds: float | None
+) -> BodyResult:
+    """An operator's cancellation: stop the body and wait for it to end."""
+    if not synchronous:  # a thread cannot be stopped: cancelling its wrapper would only hide it
+        body.cancel()
+    await asyncio.wait({body}, timeout=abandon_after_seconds)
+    why = CANCELLED_BY_OPERATOR
+    if not body.done():
+        if synchronous:
+            why += " (a plain-def body cannot be stopped; its thread was abandoned)"
+        else:
+            why += " (it ignored its cancellation and was abandoned)"
+        body.add_done_callback(_discard_outcome)
+    else:
+        _discard_outcome(body)
+    return BodyResult(Outcome.CANCELLED, why, retryable=False)
 
 
 class _TaskExited(Exception):

@@ -94,14 +94,15 @@ class SchedulerMetrics:
         )  # fmt: skip
         self.worker_exits = Counter(
             "scheduler_worker_exits", "Worker processes that ended, by reason (died, timeout: "
-            "killed for a run past its timeout, memory: killed over the hard limit, recycled).",
+            "killed for a run past its timeout, memory: killed over the hard limit, recycled, "
+            "cancelled: killed for a cancelled run that did not stop within the kill grace).",
             ["reason"], registry=r,
         )  # fmt: skip
         self.loop_blocks = Counter(
             "scheduler_job_loop_blocks", "Times a run blocked its worker's event loop past "
             "SCHEDULER_WATCHDOG_SECONDS.", ["job_type"], registry=r,
         )  # fmt: skip
-        for reason in ("died", "timeout", "memory", "recycled"):
+        for reason in ("died", "timeout", "memory", "recycled", "cancelled"):
             self.worker_exits.labels(reason)
         self._by_job: dict[str, _AttemptSeries] = {}
         r.register(_WorkerCollector(workers))

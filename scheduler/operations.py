@@ -1,5 +1,6 @@
 """What the HTTP API reads from, and asks of, a running service (the `ServiceView` of http.py):
-health, job states, workers, run history, and the operator's run now / pause / resume."""
+health, job states, workers, run history, and the operator's run now / pause / resume /
+cancel."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from sqlalchemy import Engine
 from .active import ActiveRole
 from .catalog import JobCatalog
 from .errors import (
+    AmbiguousRunError,
     NotActiveError,
     ParamsRejected,
     ParamsUnverifiable,
     RunAlreadyStartedError,
+    RunNotInProgressError,
     StaleLeadershipError,
     UnknownJobTypeError,
     UnknownRunError,
@@ -26,11 +29,25 @@ from .errors import (
 from .history import RunHistory
 from .metrics import SchedulerMetrics
 from .pending import AlreadyStarted, PendingRun, PendingStore
-from .records import Outcome, RunRecord, RunSummary, WorkerStatus, utcnow
+from .records import (
+    Outcome,
+    RunCancellation,
+    RunInProgress,
+    RunRecord,
+    RunSummary,
+    WorkerStatus,
+    utcnow,
+)
 from .settings import ServiceSettings
 from .status import Health, health_problems, jobs_overview
 
 log = structlog.get_logger(__name__)
+
+#: The shortest prefix of a run id an operator may name a run by.
+MIN_RUN_ID_PREFIX = 8
+#: How long a cancel waits for its run to end, beyond the kill grace (the supervisor looks four
+#: times a second, and the worker's replacement starts meanwhile).
+CANCEL_WAIT_MARGIN_SECONDS = 2.0
 
 
 class ServiceState(Protocol):
@@ -144,6 +161,48 @@ class ServiceOperations:
             raise ParamsUnverifiable(f"{why} ({error or 'timed out'}); retry shortly") from None
         if problem is not None:
             raise ParamsRejected(problem.model, problem.errors, problem.text)
+
+    def runs_in_progress(self) -> list[RunInProgress]:
+        """Runs with an attempt executing or waiting to retry (none on a standby)."""
+        role = self._service.role
+        if not self._service.health.leader or role is None:
+            return []
+        return role.coordinator.in_progress()
+
+    async def cancel_run(self, run_id: str) -> RunCancellation:
+        """Cancel the run in progress whose id is, or starts with, `run_id` (at least 8
+        characters); wait a little for it to end."""
+        role = self._active()
+        prefix = run_id.strip().lower()
+        if len(prefix) < MIN_RUN_ID_PREFIX:
+            raise RunNotInProgressError(
+                f"give at least {MIN_RUN_ID_PREFIX} characters of the run id, not {run_id!r}"
+            )
+        matches = [run for run in role.coordinator.in_progress() if run.run_id.startswith(prefix)]
+        if not matches:
+            raise RunNotInProgressError(f"no run in progress has an id starting with {run_id!r}")
+        if len(matches) > 1:
+            ids = ", ".join(run.run_id for run in matches)
+            raise AmbiguousRunError(f"{run_id!r} matches {len(matches)} runs in progress: {ids}")
+        (cancelled,) = await self._cancel(role, matches)
+        return cancelled
+
+    async def cancel_job(self, job_type: str) -> list[RunCancellation]:
+        """Cancel every run of `job_type` in progress (none: an empty list)."""
+        self._known(job_type)
+        role = self._active()
+        matches = [run for run in role.coordinator.in_progress() if run.job_type == job_type]
+        return await self._cancel(role, matches)
+
+    async def _cancel(self, role: ActiveRole, runs: list[RunInProgress]) -> list[RunCancellation]:
+        coordinator = role.coordinator
+        cancelled = [run for run in runs if coordinator.cancel(run.run_id)]
+        for run in cancelled:
+            log.info("run cancellation requested by an operator", job_type=run.job_type,
+                     run_id=run.run_id, attempt=run.attempt)  # fmt: skip
+        wait = self._service.settings.kill_grace_seconds + CANCEL_WAIT_MARGIN_SECONDS
+        ended = await coordinator.wait_ended([run.run_id for run in cancelled], wait)
+        return [RunCancellation(run, ended.get(run.run_id)) for run in cancelled]
 
     async def pause(self, job_type: str) -> None:
         """Stop scheduling `job_type` until resumed; the pause is stored and survives restarts."""

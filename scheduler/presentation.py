@@ -177,7 +177,7 @@ def runs_table(records: Sequence[RunRecord]) -> str:
             outcome += " [dead letter]"
         duration = r.duration_seconds
         rows.append((
-            r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.job_type, r.run_id[:8], str(r.attempt),
+            r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.job_type, r.run_id, str(r.attempt),
             r.trigger, outcome, "-" if duration is None else f"{duration:.3f}s",
             f"{r.items_succeeded}/{r.items_failed}", (r.error or "").replace("\n", " ")[:80],
         ))  # fmt: skip

@@ -28,10 +28,23 @@ class Outcome(StrEnum):
     #: The worker process executing the attempt died (an exit, a signal, a segfault, the OOM
     #: killer) or was killed by its supervisor (a memory limit, another run's hard timeout).
     CRASHED = "crashed"
+    #: Cancelled by an operator (the API, `scheduler cancel`, the status page). Final: never
+    #: retried, not a dead letter, and neutral for quarantine (it neither counts toward a crash
+    #: streak nor resets one).
+    CANCELLED = "cancelled"
 
 
 #: Outcomes that end a run that actually started.
-FINISHED = (Outcome.SUCCESS, Outcome.FAILURE, Outcome.TIMEOUT, Outcome.INTERRUPTED, Outcome.CRASHED)
+FINISHED = (
+    Outcome.SUCCESS,
+    Outcome.FAILURE,
+    Outcome.TIMEOUT,
+    Outcome.INTERRUPTED,
+    Outcome.CRASHED,
+    Outcome.CANCELLED,
+)
+#: The error text of an attempt an operator cancelled (more may follow: how it stopped).
+CANCELLED_BY_OPERATOR = "cancelled by an operator"
 
 
 class SkipReason(StrEnum):
@@ -186,6 +199,31 @@ class BodyResult:
             retryable=bool(data.get("retryable", True)),
             skip_reason=None if skip is None else SkipReason(str(skip)),
         )
+
+
+@dataclass(frozen=True)
+class RunInProgress:
+    """A run with an attempt executing, or waiting between attempts (for its retry's delay,
+    or for a slot), for /api/runs/in-progress and the status page."""
+
+    run_id: str
+    job_type: str
+    attempt: int
+    started_at: datetime
+    trigger: str
+    #: `running` (an attempt executes), `retrying` (waiting to retry) or `cancelling`.
+    state: str
+    #: The worker process executing the attempt, when known (never inline).
+    worker_pid: int | None = None
+
+
+@dataclass(frozen=True)
+class RunCancellation:
+    """What an operator's cancel did: the run as it was, and its final outcome if it ended
+    while the request waited (None: it is still stopping)."""
+
+    run: RunInProgress
+    outcome: str | None
 
 
 @dataclass(frozen=True)

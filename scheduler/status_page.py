@@ -1,13 +1,15 @@
-"""The read-only status page at `/`: server-rendered HTML that refreshes itself."""
+"""The status page at `/`: server-rendered HTML that refreshes itself, and whose one action,
+cancelling a run in progress, is a plain form (no JavaScript) that posts the admin token."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from .records import RunRecord
+from .records import Outcome, RunInProgress, RunRecord
 
 REFRESH_SECONDS = 10
 
@@ -20,8 +22,15 @@ th { background: #f4f6fa; }
 .ok, .success, .scheduled, .ready { color: #17733a; }
 .failure, .timeout, .unhealthy, .crashed, .quarantined, .retiring { color: #b3261e; }
 .blocked, .paused, .disabled, .not_loaded, .skipped, .interrupted { color: #8a5a00; }
+.cancelled, .cancelling, .retrying { color: #8a5a00; } .running { color: #1a56b3; }
 code { font-size: 12px; }
+form.cancel { display: flex; gap: .4rem; margin: 0; }
+form.cancel input { width: 11rem; }
+.notice { background: #f4f6fa; padding: .5rem .8rem; border-left: 4px solid #8a5a00; }
 """
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+#: What a cancel's redirect may say about the run (anything else in the query is ignored).
+_CANCEL_OUTCOMES = frozenset({*(str(outcome) for outcome in Outcome), "cancelling"})
 
 
 def _ago(iso: str | None, now: datetime) -> str:
@@ -51,6 +60,70 @@ def _outcome_label(outcome: str | None) -> str:
     return {"failure": "failed", "timeout": "timed out"}.get(outcome or "", outcome or "-")
 
 
+def _cancel_form(run_id: str) -> str:
+    return (
+        f'<form class="cancel" method="post" action="/runs/{escape(run_id)}/cancel">'
+        '<input type="password" name="token" placeholder="admin token" required '
+        'autocomplete="current-password" aria-label="admin token">'
+        '<button type="submit">Cancel</button></form>'
+    )
+
+
+def _in_progress_section(runs: Sequence[RunInProgress], leader: bool, now: datetime) -> str:
+    rows = [
+        "<tr>"
+        + _cell(run.run_id)
+        + _cell(run.job_type)
+        + _cell(run.attempt)
+        + _cell(f"{run.started_at:%Y-%m-%d %H:%M:%S} ({_ago(run.started_at.isoformat(), now)})")
+        + _cell(run.trigger)
+        + _cell(run.state, run.state)
+        + _cell("-" if run.worker_pid is None else run.worker_pid)
+        + f"<td>{_cancel_form(run.run_id) if run.state != 'cancelling' else '-'}</td>"
+        + "</tr>"
+        for run in runs
+    ]
+    empty = "none" if leader else "none here: this is a standby"
+    body = "".join(rows) or f'<tr><td colspan="8">{empty}</td></tr>'
+    return (
+        "<h2>Runs in progress</h2>\n"
+        "<p>Cancel needs the admin token (SCHEDULER_ADMIN_TOKEN). The page refreshes every "
+        f'{REFRESH_SECONDS}s; <a href="/?refresh=off">stop refreshing</a> while you type it.</p>\n'
+        '<table id="in-progress"><thead><tr><th>Run</th><th>Job type</th><th>Attempt</th>'
+        "<th>Started (UTC)</th><th>Trigger</th><th>State</th><th>Worker PID</th><th></th>"
+        f"</tr></thead><tbody>{body}"
+        "</tbody></table>"
+    )
+
+
+def _notice(cancelled: tuple[str, str | None] | None) -> str:
+    """What a cancel's redirect says, if it is one this page could have made."""
+    if cancelled is None:
+        return ""
+    run_id, outcome = cancelled
+    if not _RUN_ID.fullmatch(run_id) or outcome not in _CANCEL_OUTCOMES:
+        return ""
+    said = (
+        "is stopping (see its job's history for how it ends)"
+        if outcome == "cancelling"
+        else f"ended: {outcome}"
+    )
+    return f'<p id="notice" class="notice">Run {escape(run_id)} was cancelled and {said}.</p>'
+
+
+def render_message_page(text: str) -> str:
+    """A page that says one thing (why a form did nothing), with the way back."""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Scheduler status</title><style>{_STYLE}</style></head>
+<body>
+<h1>Scheduler status</h1>
+<p id="message" class="unhealthy">{escape(text)}</p>
+<p><a href="/">Back to the status page</a></p>
+</body></html>
+"""
+
+
 def render_status_page(
     jobs: Sequence[dict[str, Any]],
     problems: Sequence[str],
@@ -58,7 +131,12 @@ def render_status_page(
     failures: Sequence[RunRecord],
     workers: Sequence[dict[str, Any]] = (),
     now: datetime | None = None,
+    *,
+    in_progress: Sequence[RunInProgress] = (),
+    refresh: bool = True,
+    cancelled: tuple[str, str | None] | None = None,
 ) -> str:
+    """The page. `cancelled`: the (run id, outcome) a cancel's redirect carries."""
     now = now or datetime.now(UTC)
     health = "healthy" if not problems else "unhealthy: " + "; ".join(problems)
     role = "active instance" if leader else "standby"
@@ -108,14 +186,18 @@ def render_status_page(
         if worker_rows
         else ""
     )
+    refreshes = (
+        f"every {REFRESH_SECONDS}s" if refresh else 'not refreshing (<a href="/">refresh again</a>)'
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="{REFRESH_SECONDS}">
+{f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""}
 <title>Scheduler status</title><style>{_STYLE}</style></head>
 <body>
 <h1>Scheduler status</h1>
 <p id="health" class="{"ok" if not problems else "unhealthy"}">{escape(health)} · {role}
-· refreshed {now:%Y-%m-%d %H:%M:%S} UTC, every {REFRESH_SECONDS}s</p>
+· refreshed {now:%Y-%m-%d %H:%M:%S} UTC, {refreshes}</p>
+{_notice(cancelled)}
 <h2>Jobs</h2>
 <table id="jobs"><thead><tr><th>Job type</th><th>State</th><th>Schedule</th><th>Next run (UTC)</th>
 <th>Last outcome</th><th>Last success</th></tr></thead>
@@ -124,6 +206,7 @@ def render_status_page(
 <table id="failures"><thead><tr><th>Started (UTC)</th><th>Job type</th><th>Outcome</th>
 <th>Attempt</th><th>Error</th></tr></thead>
 <tbody>{"".join(failure_rows) or '<tr><td colspan="5">none</td></tr>'}</tbody></table>
+{_in_progress_section(in_progress, leader, now)}
 {workers_table}
 </body></html>
 """

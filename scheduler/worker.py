@@ -86,6 +86,8 @@ class Worker:
         self._board = board
         self._channel = channel
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Dispatch key -> the future that cancels that run's body (an operator's cancel).
+        self._cancels: dict[int, asyncio.Future[None]] = {}
         self.beat_at = time.monotonic()
 
     async def serve(self, read_fd: int) -> None:
@@ -98,12 +100,15 @@ class Worker:
         lines = LineBuffer()
         while data := await reader.read(2**16):
             for message in lines.feed(data):
-                if message["k"] == "run":
+                kind = message["k"]
+                if kind == "run":
                     task = loop.create_task(self._run(message))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-                elif message["k"] == "validate":
+                elif kind == "validate":
                     self._validate(message)
+                elif kind == "cancel":
+                    self._cancel(message["id"])
         # The scheduler closed our stdin: it stopped, or died. Nothing is left to report to.
         os._exit(0)
 
@@ -127,17 +132,30 @@ class Worker:
         answer = None if problem is None else problem.as_data()
         self._channel.send({"k": "validated", "id": message["id"], "problem": answer})
 
+    def _cancel(self, key: int) -> None:
+        """An operator cancels run `key`: its body is cancelled, and its result (`cancelled`)
+        goes back once the body has ended. One that does not end is the supervisor's to kill."""
+        cancel = self._cancels.get(key)
+        if cancel is not None and not cancel.done():
+            log.info("run cancellation received", key=key)
+            cancel.set_result(None)
+
     async def _run(self, message: Message) -> None:
-        job_type = message["job"]
+        job_type, key = message["job"], message["id"]
         bind_run(job_type, message["run_id"], message["attempt"])  # this task's context only
+        cancel = self._cancels[key] = asyncio.get_running_loop().create_future()
         try:
-            result = await self._attempt(job_type, message)
+            result = await self._attempt(job_type, message, cancel)
         except Exception as error:  # a bug of ours: the run fails, the worker lives on
             log.exception("worker could not run the attempt")
             result = BodyResult(Outcome.FAILURE, f"worker error: {error!r}")
-        self._channel.send({"k": "done", "id": message["id"], **result.as_data()})
+        finally:
+            del self._cancels[key]
+        self._channel.send({"k": "done", "id": key, **result.as_data()})
 
-    async def _attempt(self, job_type: str, message: Message) -> BodyResult:
+    async def _attempt(
+        self, job_type: str, message: Message, cancel: asyncio.Future[None]
+    ) -> BodyResult:
         config = self._jobs.get(job_type)
         if config is None or not JobRegistry.is_registered(job_type):
             # Its task file changed between discovery and this worker's start (a reload
@@ -172,6 +190,7 @@ class Worker:
             config.timeout_seconds,
             synchronous=meta.synchronous,
             wrap=None if meta.synchronous else functools.partial(board.on_loop, key),
+            cancel=cancel,
         )
         if result.outcome != Outcome.TIMEOUT:
             board.leave(slot)

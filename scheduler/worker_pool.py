@@ -6,6 +6,8 @@ four times a second) enforces what a worker cannot enforce on itself:
 
 - a run still going `kill_grace_seconds` after its timeout (it ignored its cancellation, or
   blocks its worker's loop) is recorded `timeout` and its worker killed;
+- a run an operator cancelled that has not stopped `kill_grace_seconds` later is recorded
+  `cancelled` and its worker killed (its other runs: `crashed`, not their doing);
 - a worker over the memory limit takes no new runs and is recycled once its runs end; over the
   hard limit it is killed at once;
 - a worker that dies (an exit, a signal, a segfault, the OOM killer) has each of its runs
@@ -36,7 +38,13 @@ from . import board
 from .base import JobContext
 from .job_config import ResolvedJob
 from .params import ParamsProblem
-from .records import NOT_EXECUTING_MARK, BodyResult, Outcome, WorkerStatus
+from .records import (
+    CANCELLED_BY_OPERATOR,
+    NOT_EXECUTING_MARK,
+    BodyResult,
+    Outcome,
+    WorkerStatus,
+)
 from .wire import LineBuffer, Message, encode
 
 log = structlog.get_logger(__name__)
@@ -58,6 +66,8 @@ class ExitReason(StrEnum):
     MEMORY = "memory"  # killed: over the hard memory limit
     RECYCLED = "recycled"  # ended idle after retiring (memory limit, a stuck thread)
     STOPPED = "stopped"  # the service stopped
+    #: killed: a run an operator cancelled did not stop within the kill grace
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ class PoolObserver(Protocol):
 
 
 class _Dispatch:
-    __slots__ = ("deadline", "future", "job_type", "message", "run_id", "timeout")
+    __slots__ = ("cancelling", "deadline", "future", "job_type", "message", "run_id", "timeout")
 
     def __init__(self, message: Message, timeout: float) -> None:
         self.message = message
@@ -89,6 +99,8 @@ class _Dispatch:
         self.run_id: str = message["run_id"]
         self.timeout = timeout
         self.deadline = float("inf")  # set when it is sent to a worker
+        #: An operator cancelled it: past `deadline` its worker is killed as `cancelled`.
+        self.cancelling = False
         self.future: asyncio.Future[BodyResult] = asyncio.get_running_loop().create_future()
 
     def resolve(self, result: BodyResult) -> None:
@@ -249,6 +261,47 @@ class ProcessBackend:
             await asyncio.wait(readers, timeout=5)
         shutil.rmtree(self._boards, ignore_errors=True)
 
+    def cancel(self, run_id: str) -> bool:
+        """Ask the worker executing `run_id` to cancel its body ({"k": "cancel"}); past the
+        kill grace the supervisor kills that worker. A run still waiting for a worker ends
+        at once."""
+        for dispatch in self._pending:
+            if dispatch.run_id == run_id and not dispatch.future.done():
+                self._pending.remove(dispatch)
+                dispatch.resolve(
+                    BodyResult(Outcome.CANCELLED, CANCELLED_BY_OPERATOR, retryable=False)
+                )
+                return True
+        found = self._executing(run_id)
+        if found is None:
+            return False
+        worker, key, dispatch = found
+        if not dispatch.cancelling:
+            dispatch.cancelling = True
+            grace = time.monotonic() + self._options.kill_grace_seconds
+            dispatch.deadline = min(dispatch.deadline, grace)
+            self._queue(worker, {"k": "cancel", "id": key})
+            log.info(
+                "run cancellation sent to its worker",
+                worker=worker.index,
+                pid=worker.pid,
+                job_type=dispatch.job_type,
+                run_id=run_id,
+            )
+        return True
+
+    def worker_pid(self, run_id: str) -> int | None:
+        found = self._executing(run_id)
+        return None if found is None else found[0].pid
+
+    def _executing(self, run_id: str) -> tuple[_Worker, int, _Dispatch] | None:
+        """The worker running `run_id`'s attempt (cancellations are rare: a scan will do)."""
+        for worker in self._workers.values():
+            for key, dispatch in worker.in_flight.items():
+                if dispatch.run_id == run_id:
+                    return worker, key, dispatch
+        return None
+
     # What the service shows
     def statuses(self) -> list[WorkerStatus]:
         now = time.monotonic()
@@ -265,9 +318,12 @@ class ProcessBackend:
         # come up is not the body's.
         dispatch.deadline = time.monotonic() + dispatch.timeout + self._options.kill_grace_seconds
         worker.in_flight[key] = dispatch
+        self._queue(worker, dispatch.message)
+
+    def _queue(self, worker: _Worker, message: Message) -> None:
         if not worker.outbox:
             asyncio.get_running_loop().call_soon(self._flush, worker)
-        worker.outbox.append(dispatch.message)
+        worker.outbox.append(message)
 
     def _flush(self, worker: _Worker) -> None:
         batch, worker.outbox = worker.outbox, []
@@ -379,7 +435,8 @@ class ProcessBackend:
             os.unlink(worker.board)
         for key, dispatch in worker.in_flight.items():
             error = f"its worker process (pid {worker.pid}) {why}"
-            if reason == ExitReason.DIED and key != culprit:
+            # Killed for a cancelled run: the others on it were not executing that run.
+            if reason in (ExitReason.DIED, ExitReason.CANCELLED) and key != culprit:
                 error += f" {NOT_EXECUTING_MARK}"
             dispatch.resolve(BodyResult(Outcome.CRASHED, error, killed_worker=key == culprit))
         worker.in_flight.clear()
@@ -444,6 +501,24 @@ class ProcessBackend:
     def _enforce(self, worker: _Worker, now: float) -> None:
         options = self._options
         for key, dispatch in list(worker.in_flight.items()):
+            if dispatch.deadline < now and dispatch.cancelling:
+                grace = f"{options.kill_grace_seconds:g}s"
+                worker.in_flight.pop(key)
+                dispatch.resolve(
+                    BodyResult(
+                        Outcome.CANCELLED,
+                        f"{CANCELLED_BY_OPERATOR}; it did not stop within {grace} (it ignored "
+                        "its cancellation, blocked its worker's event loop, or runs in a "
+                        "thread), so its worker was killed",
+                        retryable=False,
+                    )
+                )
+                why = (
+                    f"was killed: run {dispatch.run_id} of {dispatch.job_type} did not stop "
+                    f"within {grace} of its cancellation"
+                )
+                self._kill(worker, ExitReason.CANCELLED, why)
+                return
             if dispatch.deadline < now:
                 overran = f"ran {options.kill_grace_seconds:g}s past its {dispatch.timeout:g}s"
                 worker.in_flight.pop(key)
