@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes: most tests wait on real services and subprocesses, so two share two cores well.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint bench check clean
 
@@ -20,7 +22,7 @@ test: $(STAMP) ## lint, type-check and run the test suite
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 check: $(STAMP) ## validate task files and configuration
 	$(BIN)/scheduler check

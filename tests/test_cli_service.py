@@ -97,7 +97,11 @@ def test_history_lists_runs_and_the_dead_letters(services: ServiceFactory) -> No
 
     only = json.loads(run_cli("history", "fine", "--json", cwd=services.workdir, env=env).stdout)
     assert only and {row["job_type"] for row in only} == {"fine"}
-    assert all(row["outcome"] == "success" and row["duration_seconds"] >= 0 for row in only)
+    ran = [row for row in only if row["outcome"] == "success"]
+    assert len(ran) >= 3 and all(row["duration_seconds"] >= 0 for row in ran)
+    # A 0.2 s job's slots due while the workers start up are skipped: its run is still waiting.
+    others = {(row["outcome"], row["skip_reason"]) for row in only if row not in ran}
+    assert others <= {("skipped", "max_instances")}, others
 
     dead = run_cli("history", "--dead-letter", "--json", cwd=services.workdir, env=env)
     (row,) = json.loads(dead.stdout)

@@ -52,7 +52,7 @@ def test_autumn_repeated_hour_runs_a_wildcard_hour_twice_and_a_fixed_time_once(
     # 2026-10-25 01:00 UTC: Berlin goes from 03:00 CEST back to 02:00 CET.
     services.write_task("hourly.py", task_source("hourly", QUICK, cron="0 * * * *", **BERLIN))
     services.write_task("nightly.py", task_source("nightly", QUICK, cron="0 2 * * *", **BERLIN))
-    service = services(**faked_clock("2026-10-25 00:59:57"))
+    service = services(**faked_clock("2026-10-25 00:59:50"))
     service.wait_for_log("active: this instance runs the jobs")
     jobs = jobs_by_type(service)
     assert jobs["hourly"]["schedule"] == "cron 0 * * * * (Europe/Berlin)"
@@ -78,7 +78,7 @@ def test_spring_skipped_time_runs_an_hour_later_and_overrides_switch_schedule_ki
     # 2026-03-29 01:00 UTC: Berlin goes from 02:00 CET to 03:00 CEST; 02:30 does not exist.
     services.write_task("hourly.py", task_source("hourly", QUICK, interval_seconds=3600))
     services.write_task("nightly.py", task_source("nightly", QUICK, cron="30 2 * * *", **BERLIN))
-    clock = faked_clock("2026-03-29 00:59:57")
+    clock = faked_clock("2026-03-29 00:59:50")
     service = services(HOURLY_CRON="0 * * * *", HOURLY_TIMEZONE="Europe/Berlin", **clock)
     service.wait_for_log("active: this instance runs the jobs")
     jobs = jobs_by_type(service)
