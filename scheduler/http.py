@@ -147,20 +147,6 @@ class JobAction(BaseModel):
     next_run_time: str | None
 
 
-class RunInProgressModel(BaseModel):
-    """A run with an attempt executing, or waiting to retry."""
-
-    run_id: str
-    job_type: str
-    attempt: int
-    started_at: datetime
-    trigger: str
-    #: `running`, `retrying` (waiting for its retry) or `cancelling`.
-    state: str
-    #: The worker process executing the attempt (null inline, or while waiting to retry).
-    worker_pid: int | None
-
-
 class CancelledRun(BaseModel):
     """A run an operator cancelled: `status` is its final outcome (`cancelled`, or how it
     ended if it ended first) or `cancelling` if it had not stopped yet when this answered."""
@@ -421,8 +407,8 @@ async def resume(view: View, job_type: str) -> JobAction:
     "/api/runs/in-progress",
     summary="Runs with an attempt executing or waiting to retry (empty on a standby)",
 )
-def runs_in_progress(view: View) -> list[RunInProgressModel]:
-    return [RunInProgressModel(**dataclasses.asdict(run)) for run in view.runs_in_progress()]
+def runs_in_progress(view: View) -> list[RunInProgress]:
+    return view.runs_in_progress()
 
 
 @writes.post(
