@@ -514,6 +514,9 @@ class JobHistorySummary:
 
     last_outcome: str | None
     last_success_at: datetime | None
+    #: The latest finished run's error and end, so that a restart shows what it did before.
+    last_error: str | None = None
+    last_finished_at: datetime | None = None
 
 
 class RunHistory:
@@ -551,19 +554,24 @@ class RunHistory:
             .group_by(runs.c.job_type)
             .scalar_subquery()
         )
-        latest = select(runs.c.job_type, runs.c.outcome).where(runs.c.id.in_(latest_ids))
+        latest = select(runs.c.job_type, runs.c.outcome, runs.c.error, runs.c.finished_at).where(
+            runs.c.id.in_(latest_ids)
+        )
         successes = (
             select(runs.c.job_type, func.max(runs.c.finished_at))
             .where(runs.c.outcome == Outcome.SUCCESS)
             .group_by(runs.c.job_type)
         )
         with self._engine.connect() as connection:
-            outcomes = {row[0]: row[1] for row in connection.execute(latest)}
+            ends = {row[0]: (row[1], row[2], utc(row[3])) for row in connection.execute(latest)}
             success_at = {row[0]: utc(row[1]) for row in connection.execute(successes)}
-        return {
-            job_type: JobHistorySummary(outcomes.get(job_type), success_at.get(job_type))
-            for job_type in outcomes.keys() | success_at.keys()
-        }
+        summaries = {}
+        for job_type in ends.keys() | success_at.keys():
+            outcome, error, finished_at = ends.get(job_type, (None, None, None))
+            summaries[job_type] = JobHistorySummary(
+                outcome, success_at.get(job_type), error, finished_at
+            )
+        return summaries
 
     def mark_interrupted(self, now: datetime, reason: str) -> list[RunRecord]:
         """Close every attempt left `running` by a process that is gone, and take the runs

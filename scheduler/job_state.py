@@ -43,7 +43,13 @@ class JobStates:
     def __init__(self, history: Mapping[str, JobHistorySummary] | None = None) -> None:
         self._states: dict[str, JobState] = {}
         for job_type, summary in (history or {}).items():
-            self._states[job_type] = JobState(0, summary.last_outcome, summary.last_success_at)
+            self._states[job_type] = JobState(
+                0,
+                summary.last_outcome,
+                summary.last_success_at,
+                last_finished_at=summary.last_finished_at,
+                last_error=summary.last_error,
+            )
 
     def get(self, job_type: str) -> JobState:
         return self._states.setdefault(job_type, JobState())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +22,9 @@ class Health:
 
     leader: bool = False
     database_ok: bool = False
+    #: The last heartbeat (time.time()); 0 until the first, once the database is ready.
     heartbeat_at: float = 0.0
+    started_at: float = field(default_factory=time.time)
     scheduler_alive: bool = False
     job_store_ok: bool = True
     history_ok: bool = True
@@ -49,8 +51,13 @@ def health_problems(
     problems = []
     stale_after = max(3 * heartbeat_seconds, 10.0)
     age = now - health.heartbeat_at
-    if age > stale_after:
+    if health.heartbeat_at and age > stale_after:
         problems.append(f"heartbeat is {age:.0f}s old (stale after {stale_after:g}s)")
+    elif not health.heartbeat_at and now - health.started_at > stale_after:
+        problems.append(
+            f"no heartbeat yet, {now - health.started_at:.0f}s after the start (the heartbeat "
+            "begins once the database is ready)"
+        )
     if not health.database_ok:
         problems.append("database unreachable")
     if health.leader and not health.scheduler_alive:

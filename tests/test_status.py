@@ -90,3 +90,36 @@ def test_a_dependency_disabled_after_it_succeeded_still_blocks_its_dependants(
     )
     assert blocked[0].skip_reason == "dependency"
     assert len(services.finished("report", "success")) == successes
+
+
+def test_health_before_the_first_heartbeat_says_so_instead_of_an_epoch_old_heartbeat() -> None:
+    health = Health(database_ok=True, started_at=1000.0)
+    assert health_problems(health, heartbeat_seconds=2, now=1005.0) == []
+    (problem,) = health_problems(health, heartbeat_seconds=2, now=1100.0)
+    assert problem == (
+        "no heartbeat yet, 100s after the start (the heartbeat begins once the database is ready)"
+    )
+    health.heartbeat_at = 1090.0
+    assert health_problems(health, heartbeat_seconds=2, now=1100.0) == []
+    (problem,) = health_problems(health, heartbeat_seconds=2, now=1200.0)
+    assert problem == "heartbeat is 110s old (stale after 10s)"
+
+
+def test_after_a_restart_the_api_shows_each_jobs_last_error_with_its_outcome(
+    services: ServiceFactory,
+) -> None:
+    services.write_task(
+        "doomed.py",
+        task_source("doomed", "raise RuntimeError('no way')", interval_seconds=3600, max_retries=0),
+    )
+    service = services()
+    services.wait_for_runs("doomed", 1, outcome="failure")
+    assert service.stop() == 0
+    again = services()
+    again.wait_for_log("active: this instance runs the jobs")
+    status, jobs = again.get_json("/api/jobs")
+    assert status == 200
+    (doomed,) = [job for job in jobs if job["job_type"] == "doomed"]
+    assert doomed["last_outcome"] == "failure"
+    assert doomed["last_error"] == "RuntimeError: no way"
+    assert doomed["last_finished_at"] is not None
