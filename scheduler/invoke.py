@@ -15,6 +15,7 @@ import structlog
 
 from .base import JobContext, RunnerResult
 from .errors import NonRetryableError
+from .masking import register_secret
 from .params import ParamsProblem, validate_params
 from .records import CANCELLED_BY_OPERATOR, BodyResult, Outcome, SkipReason, summarize_error
 from .registry import JobRegistry
@@ -28,9 +29,12 @@ async def acquire_requirements(names: Sequence[str]) -> dict[str, object] | Body
     if not names:
         return {}
     try:
-        return await RequirementRegistry.acquire(names)
+        resources = await RequirementRegistry.acquire(names)
     except RequirementUnavailable as error:
         return BodyResult(Outcome.SKIPPED, str(error), skip_reason=SkipReason.REQUIREMENT)
+    for resource in resources.values():  # a token handed to a run is never shown again
+        register_secret(resource)
+    return resources
 
 
 def with_validated_params(context: JobContext) -> JobContext | BodyResult:

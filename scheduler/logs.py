@@ -14,15 +14,23 @@ from contextvars import ContextVar, Token
 from typing import Any, Literal, TextIO
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from .masking import MASK, mask_secrets
 
 LogFormat = Literal["json", "console"]
 
-_URL_CREDENTIALS = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*):[^@/\s]+@", re.IGNORECASE)
 _SECRET_KEY = re.compile(
     r"(^|_)(password|passwd|secret|token|api_?key|authorization|credentials?)($|_)", re.IGNORECASE
 )
-MASK = "***"
+#: Fields that are ours and never hold a secret: not searched (this runs for every line).
+_PLAIN_FIELDS = frozenset({"timestamp", "level", "logger", "job_type", "run_id", "attempt"})
+#: Tracebacks as data, without each frame's local variables: they hold whatever the code had
+#: in hand (a database URL with its password, the token a provider handed a run).
+_DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    ExceptionDictTransformer(show_locals=False)
+)
 #: The longest text a log field keeps: a task's 10 MB exception message must not become a
 #: 10 MB log line (and its traceback, in every collector downstream).
 FIELD_LIMIT = 8000
@@ -32,12 +40,15 @@ def _scrub(value: Any) -> Any:
     if isinstance(value, str):
         if len(value) > FIELD_LIMIT:
             value = f"{value[:FIELD_LIMIT]}… ({len(value) - FIELD_LIMIT} more characters cut)"
-        if "@" in value and "://" in value:  # the cheap test first: this runs for every value
-            return _URL_CREDENTIALS.sub(rf"\g<head>:{MASK}@", value)
-        return value
+        return mask_secrets(value)
     if isinstance(value, dict):
         return {
-            k: MASK if v is not None and _secret_key(k) else _scrub(v) for k, v in value.items()
+            k: value[k]
+            if k in _PLAIN_FIELDS
+            else MASK
+            if v is not None and _secret_key(k)
+            else _scrub(v)
+            for k, v in value.items()
         }
     if isinstance(value, list | tuple):
         return [_scrub(item) for item in value]
@@ -126,7 +137,7 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: list[Processor] = (
-        [structlog.processors.dict_tracebacks, redact_secrets, structlog.processors.JSONRenderer()]
+        [_DICT_TRACEBACKS, redact_secrets, structlog.processors.JSONRenderer()]
         if fmt == "json"
         else [structlog.processors.format_exc_info, redact_secrets,
               structlog.dev.ConsoleRenderer(colors=False)]

@@ -1,6 +1,7 @@
 """The vocabulary of runs, at the bottom of the import graph: how a run ended, why one was
-skipped, what started it, and the record of one attempt as it is stored. Nothing here imports
-anything of the scheduler's, so every layer (the worker processes included) can use it."""
+skipped, what started it, and the record of one attempt as it is stored. It imports nothing
+of the scheduler's but masking.py (every stored text is masked), so every layer (the worker
+processes included) can use it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+
+from .masking import mask_secrets
 
 ERROR_SUMMARY_LIMIT = 2000
 #: Ends the error of a `crashed` attempt whose body was not executing when its worker died:
@@ -88,9 +91,11 @@ def summarize_error(error: BaseException | str) -> str:
 
 
 def clean_text(text: str, limit: int = ERROR_SUMMARY_LIMIT) -> str:
-    """`text` as both databases store it, cut to `limit` characters: NUL escaped (PostgreSQL's
-    text cannot hold it) and lone surrogates escaped (a file name decoded with
-    `surrogateescape` has them; PostgreSQL refuses them and SQLite stores invalid UTF-8)."""
+    """`text` as both databases store it, cut to `limit` characters: secrets masked
+    (masking.py), NUL escaped (PostgreSQL's text cannot hold it) and lone surrogates escaped (a
+    file name decoded with `surrogateescape` has them; PostgreSQL refuses them and SQLite
+    stores invalid UTF-8)."""
+    text = mask_secrets(text)
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     if not text.isascii():
