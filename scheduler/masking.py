@@ -9,6 +9,7 @@ bottom, uses it for every stored error.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 
@@ -58,6 +59,7 @@ def register_secret(value: object) -> None:
     if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH and value not in _known:
         with _lock:
             _known = _known | {value}
+            _mask_short.cache_clear()  # what it remembered may hold the new secret
 
 
 def _masked_value(match: re.Match[str]) -> str:
@@ -74,6 +76,20 @@ def _may_hold_secret(text: str) -> bool:
 
 def mask_secrets(text: str) -> str:
     """`text` with every secret it holds replaced by `***`."""
+    # Short texts repeat (log events, outcomes, names): remembered, they cost a lookup.
+    return _mask_short(text) if len(text) <= SHORT_TEXT else _mask(text)
+
+
+#: Texts up to this long are remembered by `_mask_short`.
+SHORT_TEXT = 80
+
+
+@functools.lru_cache(maxsize=4096)
+def _mask_short(text: str) -> str:
+    return _mask(text)
+
+
+def _mask(text: str) -> str:
     for value in _known:
         if value in text:
             text = text.replace(value, MASK)
