@@ -22,12 +22,13 @@ from . import tables
 from .backends import InlineBackend
 from .catalog import JobCatalog, load_catalog, requirement_warning
 from .coordinator import NoHistory, RunCoordinator
-from .database import create_database_engine, is_sqlite, normalize_url, sqlite_path
+from .database import create_database_engine, is_sqlite, normalize_url, redact, sqlite_path
 from .errors import SchedulerError
 from .event_loop import run_on_loop
-from .history import RunHistory, migrate
+from .history import RunHistory
 from .job_state import JobStates
 from .logs import configure_logging
+from .masking import mask_secrets
 from .presentation import (
     blocked_lines,
     catalog_as_json,
@@ -165,10 +166,23 @@ def history(job_type: str | None, limit: int, dead_letter: bool, as_json: bool) 
     """Show the run history, newest first, optionally for one JOB_TYPE."""
     settings = _settings()
     configure_logging("WARNING", "console")
+    url = normalize_url(settings.database_url)
+    path = sqlite_path(url)
+    if is_sqlite(url) and (path is None or not path.exists()):
+        # A look creates nothing: run from elsewhere, it says so instead of making a database.
+        raise click.ClickException(
+            f"no run history here: {path.resolve() if path else url} does not exist (run from the "
+            "service's folder, or set "
+            "SCHEDULER_DATABASE_URL)"
+        )
     engine = create_database_engine(settings.database_url)
     try:
-        migrate(engine)
         records = RunHistory(engine).recent(job_type, limit=limit, dead_letter_only=dead_letter)
+    except Exception as error:  # unreachable, or no history table yet: nothing is created
+        raise click.ClickException(
+            f"the run history at {redact(settings.database_url)} cannot be read: "
+            + mask_secrets(str(error).splitlines()[0])
+        ) from None
     finally:
         engine.dispose()
     if as_json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from datetime import datetime
@@ -310,3 +311,21 @@ def test_list_shows_each_schedule_and_when_it_runs_next(
     table = scheduler("list", "--tasks-dir", str(tasks_dir), env=env).stdout
     assert "SCHEDULE" in table and "NEXT RUN (UTC)" in table
     assert "cron 30 2 * * * (Asia/Tokyo)" in table and jobs["nightly"]["next_run"] in table
+
+
+def test_history_run_elsewhere_says_so_and_creates_no_database(tmp_path: Path) -> None:
+    result = run_cli("history", cwd=tmp_path)
+    assert result.returncode == 1
+    expected = tmp_path / "data" / "scheduler.db"
+    assert f"no run history here: {expected} does not exist" in result.stderr
+    assert not (tmp_path / "data").exists()  # a look creates nothing
+
+
+def test_history_of_a_database_without_history_fails_and_migrates_nothing(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    result = run_cli("history", cwd=tmp_path, env={"SCHEDULER_DATABASE_URL": f"sqlite:///{empty}"})
+    assert result.returncode == 1
+    assert "cannot be read: " in result.stderr and "no such table" in result.stderr
+    with sqlite3.connect(empty) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
