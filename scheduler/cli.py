@@ -272,8 +272,9 @@ def trigger(
 ) -> None:
     """Ask the running service to run JOB_TYPE now, or at --at, with params (needs
     SCHEDULER_ADMIN_TOKEN). Prints the service's answer as JSON on stdout and a summary on
-    stderr. Exit 0: accepted (run, started or scheduled); 1: refused by the service, or it
-    cannot be reached; 2: a bad option."""
+    stderr. Exit 0: the run succeeded, or is still going, or is scheduled; 1: refused by the
+    service, or it cannot be reached; 2: a bad option; 3: the run ended without succeeding
+    (it failed, timed out, crashed, was cancelled, or was skipped: the answer says why)."""
     when = None if at is None else parse_at(at, datetime.now(UTC))
     params = parse_params(params_json, param_pairs)
     body: dict[str, Any] = {}
@@ -289,6 +290,8 @@ def trigger(
     click.echo(trigger_summary(job_type, status, answer), err=True)
     if status >= 400:
         sys.exit(1)
+    if answer.get("status") not in ("success", "started", "scheduled"):
+        sys.exit(3)
 
 
 _DELAY = re.compile(r"\+(\d+(?:\.\d+)?)([smhd])")

@@ -142,3 +142,28 @@ def test_standby_refuses_operator_actions(services: ServiceFactory) -> None:
     standby.wait_for_log("standby: another instance is active")
     status, body = standby.post_json("/api/jobs/tick/pause", token=TOKEN)
     assert status == 409 and "standby" in body["detail"]
+
+
+def test_cli_trigger_waits_for_a_short_run_and_exits_3_when_it_did_not_succeed(
+    services: ServiceFactory,
+) -> None:
+    services.write_task(
+        "brief.py",
+        task_source("brief", "await asyncio.sleep(0.3)\n" + QUICK, interval_seconds=3600),
+    )
+    services.write_task(
+        "broken.py",
+        task_source("broken", "raise RuntimeError('no')", interval_seconds=3600, max_retries=0),
+    )
+    services.write_task(
+        "busy.py", task_source("busy", "await asyncio.sleep(30)\n" + QUICK, interval_seconds=3600)
+    )
+    service = services(SCHEDULER_ADMIN_TOKEN=TOKEN)
+    wait_until(lambda: [r for r in services.runs("busy") if r.outcome == "running"], what="busy")
+    env = {"SCHEDULER_HTTP_PORT": str(service.http_port), "SCHEDULER_ADMIN_TOKEN": TOKEN}
+    brief = run_cli("trigger", "brief", cwd=services.workdir, env=env)
+    assert brief.returncode == 0 and '"status": "success"' in brief.stdout, brief.stdout
+    broken = run_cli("trigger", "broken", cwd=services.workdir, env=env)
+    assert broken.returncode == 3 and '"status": "failure"' in broken.stdout, broken.stdout
+    busy = run_cli("trigger", "busy", cwd=services.workdir, env=env)  # max_concurrent=1
+    assert busy.returncode == 3 and '"skip_reason": "max_instances"' in busy.stdout, busy.stdout
