@@ -157,6 +157,10 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(numeric_level)
+    # `warnings.warn` (libraries' deprecations, a task's own) as log lines of the same format;
+    # off and on again: a `warnings.catch_warnings` since the last call may have undone it.
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     apscheduler_log = logging.getLogger("apscheduler.scheduler")
     if _not_a_max_instances_skip not in apscheduler_log.filters:
         apscheduler_log.addFilter(_not_a_max_instances_skip)

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import threading
+import warnings
 
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES
@@ -121,3 +122,16 @@ def test_database_password_never_reaches_the_log(postgres_url: str, tmp_path, ta
         assert starting["event_loop"] == "uvloop"  # installed with the package on Linux
     finally:
         factory.close()
+
+
+def test_warnings_come_out_as_json_lines_too() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn(
+            "this option is deprecated; password=hunter2", DeprecationWarning, stacklevel=1
+        )
+    (line,) = lines(stream)
+    assert line["logger"] == "py.warnings" and line["level"] == "warning"
+    assert "DeprecationWarning: this option is deprecated; password=***" in str(line["event"])
