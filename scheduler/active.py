@@ -52,6 +52,8 @@ GC_THRESHOLDS = (10_000, 10, 10)
 class Observer(RunObserver, PoolObserver, Protocol):
     """What the metrics implement: runs and workers."""
 
+    def interrupted_found(self, job_type: str, rerun: bool) -> None: ...
+
 
 class ActiveRole:
     def __init__(
@@ -158,7 +160,10 @@ class ActiveRole:
             history=history,
             delayed=delayed,
         )
-        role.rerun_interrupted(interrupted, catalog)
+        rerun = role.rerun_interrupted(interrupted, catalog)
+        for record in interrupted:  # those cut off at a shutdown were counted by that process
+            if record.outcome == Outcome.RUNNING:
+                observer.interrupted_found(record.job_type, record.run_id in rerun)
         await delayed.load()
         return role
 
@@ -184,9 +189,9 @@ class ActiveRole:
             await asyncio.to_thread(self.scheduler.resume_job, job_type)
             self.coordinator.paused.discard(job_type)
 
-    def rerun_interrupted(self, interrupted: list[RunRecord], catalog: JobCatalog) -> None:
+    def rerun_interrupted(self, interrupted: list[RunRecord], catalog: JobCatalog) -> set[str]:
         """Close out runs a dead process left behind, and those cut off at a shutdown; run the
-        idempotent ones again."""
+        idempotent ones again. Returns the run ids run again."""
         seen: set[str] = set()
         for record in interrupted:
             job = catalog.jobs.get(record.job_type)
@@ -209,6 +214,7 @@ class ActiveRole:
                     trigger=Trigger.RECOVERY,
                     params=decode_params(record.params),
                 )
+        return seen
 
     def next_runs(self) -> dict[str, datetime | None]:
         return dict(self.store.next_run_times)

@@ -62,17 +62,29 @@ class RunObserver(Protocol):
     """What the coordinator reports as runs happen (the metrics implement it)."""
 
     def skipped(self, job_type: str, reason: SkipReason) -> None: ...
-    def attempt_started(self, job_type: str, lag_seconds: float | None) -> None: ...
+    def attempt_started(
+        self, job_type: str, lag_seconds: float | None, retry_waited_seconds: float | None
+    ) -> None:
+        """`lag_seconds`: a first attempt's start minus its scheduled time; a retry's is
+        None, and `retry_waited_seconds` the time since the attempt before it ended."""
+
     def attempt_finished(self, record: RunRecord) -> None: ...
     def attempt_skipped(self, job_type: str, reason: SkipReason) -> None: ...
     def retrying(self, job_type: str) -> None: ...
+    def run_finished(self, job_type: str, outcome: str, dead_letter: bool) -> None:
+        """A run ended (its last attempt did), with this final outcome."""
 
 
 class NoObserver:
     def skipped(self, job_type: str, reason: SkipReason) -> None:
         pass
 
-    def attempt_started(self, job_type: str, lag_seconds: float | None) -> None:
+    def attempt_started(
+        self, job_type: str, lag_seconds: float | None, retry_waited_seconds: float | None
+    ) -> None:
+        pass
+
+    def run_finished(self, job_type: str, outcome: str, dead_letter: bool) -> None:
         pass
 
     def attempt_finished(self, record: RunRecord) -> None:
@@ -125,6 +137,7 @@ class _LiveRun:
     trigger: str
     attempt: int = 0
     started_at: datetime | None = None  # of the latest attempt; None until the first starts
+    previous_end: datetime | None = None  # when the attempt before the latest one ended
     executing: bool = False  # an attempt's body is with the backend now
     cancelled: bool = False  # an operator asked
     #: Done when cancelled: wakes a wait for a retry or for a slot.
@@ -573,7 +586,9 @@ class RunCoordinator:
             )
             self._history.finished(record)
             _log_end(record)
+            live.previous_end = record.finished_at
             if final:
+                self._observer.run_finished(job.job_type, record.outcome, record.dead_letter)
                 return RunSummary(
                     run_id,
                     job.job_type,
@@ -590,6 +605,7 @@ class RunCoordinator:
             log.info("run will be retried", attempt=attempt, retry_in_seconds=round(delay, 3))
             if await self._stopped_within(delay, live):
                 log.warning("retry dropped: the scheduler is stopping", attempt=attempt)
+                self._observer.run_finished(job.job_type, record.outcome, False)
                 return RunSummary(
                     run_id, job.job_type, Outcome(record.outcome), attempt, None, record.error
                 )
@@ -619,6 +635,7 @@ class RunCoordinator:
         )
         self._history.recorded(record)
         _log_end(record)
+        self._observer.run_finished(live.job_type, Outcome.CANCELLED, False)
         return RunSummary(
             live.run_id, live.job_type, Outcome.CANCELLED, context.attempt - 1, None, record.error
         )
@@ -728,9 +745,14 @@ class RunCoordinator:
         if refusal is not None:
             return self._refused(record, refusal), False, False
         record.started_at = utcnow()  # the body starts now: lag and duration count from here
-        lag = _lag_seconds(record)
-        log.info("run started", trigger=trigger, lag_seconds=lag)
-        self._observer.attempt_started(job.job_type, lag)
+        if context.attempt == 1:
+            lag = _lag_seconds(record)
+            log.info("run started", trigger=trigger, lag_seconds=lag)
+            self._observer.attempt_started(job.job_type, lag, None)
+        else:  # a retry: how late the slot is says nothing of the scheduler, its wait does
+            waited = _seconds_since(live.previous_end, record.started_at)
+            log.info("run started", trigger=trigger, retry_waited_seconds=waited)
+            self._observer.attempt_started(job.job_type, None, waited)
         live.attempt, live.started_at = context.attempt, record.started_at
         self._live[live.run_id] = live
         live.executing = True
@@ -747,6 +769,7 @@ class RunCoordinator:
                 self.cut_off.append((record.run_id, record.attempt))
             record.finished_at = utcnow()
             self._observer.attempt_finished(record)
+            self._observer.run_finished(job.job_type, record.outcome, False)
             self._history.finished(record)
             _log_end(record)
             raise
@@ -788,6 +811,10 @@ def _retryable(result: BodyResult, idempotent: bool) -> bool:
 async def _holding(lock: asyncio.Lock, coroutine: Awaitable[T]) -> T:
     async with lock:
         return await coroutine
+
+
+def _seconds_since(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else round((now - moment).total_seconds(), 6)
 
 
 def _lag_seconds(record: RunRecord) -> float | None:

@@ -125,16 +125,20 @@ class SchedulerMetrics:
     def skipped(self, job_type: str, reason: SkipReason) -> None:
         self.job_skips.labels(job_type, str(reason)).inc()
 
-    def attempt_started(self, job_type: str, lag_seconds: float | None) -> None:
+    def attempt_started(
+        self, job_type: str, lag_seconds: float | None, retry_waited_seconds: float | None
+    ) -> None:
         series = self._series(job_type)
         series.in_progress += 1
         if lag_seconds is not None:
             series.lag.observe(max(lag_seconds, 0.0))
+        if retry_waited_seconds is not None:
+            series.retry_wait.observe(max(retry_waited_seconds, 0.0))
 
     def attempt_finished(self, record: RunRecord) -> None:
         series = self._series(record.job_type)
         series.in_progress -= 1
-        series.runs[record.outcome] += 1
+        series.attempts[record.outcome] += 1
         if (duration := record.duration_seconds) is not None:
             series.duration.observe(duration)
         if record.outcome == Outcome.SUCCESS:
@@ -147,6 +151,19 @@ class SchedulerMetrics:
 
     def retrying(self, job_type: str) -> None:
         self.job_retries.labels(job_type).inc()
+
+    def run_finished(self, job_type: str, outcome: str, dead_letter: bool) -> None:
+        series = self._series(job_type)
+        series.runs[outcome] += 1
+        series.dead_letters += dead_letter
+
+    def interrupted_found(self, job_type: str, rerun: bool) -> None:
+        """An attempt a dead process left `running`, closed as interrupted by this one: the run
+        ended then too, unless it runs again now (its new outcome is the run's)."""
+        series = self._series(job_type)
+        series.attempts[Outcome.INTERRUPTED] += 1
+        if not rerun:
+            series.runs[Outcome.INTERRUPTED] += 1
 
     # PoolObserver
     def worker_exited(self, reason: str) -> None:
@@ -191,13 +208,26 @@ def _bucket_names(bounds: tuple[float, ...]) -> tuple[str, ...]:
 class _AttemptSeries:
     """One job's attempt figures."""
 
-    __slots__ = ("duration", "in_progress", "items_failed", "items_succeeded", "lag", "runs")
+    __slots__ = (
+        "attempts",
+        "dead_letters",
+        "duration",
+        "in_progress",
+        "items_failed",
+        "items_succeeded",
+        "lag",
+        "retry_wait",
+        "runs",
+    )
 
     def __init__(self) -> None:
         self.in_progress = 0
         self.lag = _Buckets(LAG_BUCKETS)
+        self.retry_wait = _Buckets(DURATION_BUCKETS)
         self.duration = _Buckets(DURATION_BUCKETS)
+        self.attempts = dict.fromkeys(RUN_OUTCOMES, 0)
         self.runs = dict.fromkeys(RUN_OUTCOMES, 0)
+        self.dead_letters = 0
         self.items_succeeded = 0
         self.items_failed = 0
 
@@ -214,12 +244,25 @@ class _AttemptCollector(Collector):
             labels=["job_type"],
         )  # fmt: skip
         lag = HistogramMetricFamily(
-            "scheduler_job_lag_seconds", "Start time minus scheduled time of each attempt.",
-            labels=["job_type"],
+            "scheduler_job_lag_seconds", "Start time minus scheduled time of each run's first "
+            "attempt (how late the scheduler started it).", labels=["job_type"],
+        )  # fmt: skip
+        retry_wait = HistogramMetricFamily(
+            "scheduler_job_retry_wait_seconds", "From the end of an attempt to the start of its "
+            "retry (the backoff, and any wait for a slot).", labels=["job_type"],
         )  # fmt: skip
         runs = CounterMetricFamily(
-            "scheduler_job_runs", "Attempts that ended, by outcome.", labels=["job_type", "outcome"]
-        )
+            "scheduler_job_runs", "Runs that ended, by final outcome (their last attempt's).",
+            labels=["job_type", "outcome"],
+        )  # fmt: skip
+        attempts = CounterMetricFamily(
+            "scheduler_job_attempts", "Attempts that ended, by outcome (retries included).",
+            labels=["job_type", "outcome"],
+        )  # fmt: skip
+        dead_letters = CounterMetricFamily(
+            "scheduler_job_dead_letters", "Runs that failed for good (after their last retry).",
+            labels=["job_type"],
+        )  # fmt: skip
         in_progress = GaugeMetricFamily(
             "scheduler_job_in_progress", "Attempts running now.", labels=["job_type"]
         )
@@ -230,12 +273,16 @@ class _AttemptCollector(Collector):
         for job_type, series in list(self._by_job.items()):
             duration.add_metric([job_type], *series.duration.exposition())
             lag.add_metric([job_type], *series.lag.exposition())
+            retry_wait.add_metric([job_type], *series.retry_wait.exposition())
             for outcome, count in list(series.runs.items()):
                 runs.add_metric([job_type, outcome], count)
+            for outcome, count in list(series.attempts.items()):
+                attempts.add_metric([job_type, outcome], count)
+            dead_letters.add_metric([job_type], series.dead_letters)
             in_progress.add_metric([job_type], series.in_progress)
             items.add_metric([job_type, "success"], series.items_succeeded)
             items.add_metric([job_type, "failure"], series.items_failed)
-        yield from (duration, runs, lag, in_progress, items)
+        yield from (duration, runs, attempts, dead_letters, lag, retry_wait, in_progress, items)
 
 
 class _StatusCollector(Collector):
