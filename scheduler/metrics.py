@@ -59,6 +59,8 @@ class JobStatus:
     last_success: datetime | None
     next_run: datetime | None
     quarantined: bool = False
+    #: Paused by an operator (stored without a next run, not by a quarantine).
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -384,6 +386,10 @@ def _job_gauges(jobs: tuple[JobStatus, ...]) -> Iterator[Metric]:
         "scheduler_job_quarantined": (
             "1 while the job is quarantined (its runs kept killing their worker).",
             lambda j: float(j.quarantined),
+        ),
+        "scheduler_job_paused": (
+            "1 while an operator has the job paused (`scheduler pause`).",
+            lambda j: float(j.paused),
         ),
     }
     for name, (documentation, value_of) in families.items():

@@ -166,6 +166,9 @@ def service_status(
             last_success=states.get(job_type).last_success_at if states else None,
             next_run=next_runs.get(job_type),
             quarantined=job_type in (quarantined or {}),
+            paused=job_type in next_runs
+            and next_runs[job_type] is None
+            and job_type not in (quarantined or {}),
         )
         for job_type, job in catalog.jobs.items()
     )

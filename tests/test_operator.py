@@ -84,6 +84,8 @@ def test_pause_survives_a_restart_and_resume_runs_again(services: ServiceFactory
     services.wait_for_runs("tick", 2)
     status, body = service.post_json("/api/jobs/tick/pause", token=TOKEN)
     assert status == 200 and body == {"job_type": "tick", "state": "paused", "next_run_time": None}
+    metrics = service.get("/metrics")[1].decode()
+    assert 'scheduler_job_paused{job_type="tick"} 1.0' in metrics  # so it does not page as stale
     paused_at = time.time()
     assert service.stop() == 0
     runs_before = len(services.runs("tick"))
