@@ -55,7 +55,8 @@ class ServiceView(Protocol):
     def jobs_overview(self) -> list[dict[str, Any]]: ...
     def workers(self) -> list[WorkerStatus]: ...
     def runs(self, job_type: str | None, limit: int, offset: int) -> list[RunRecord]: ...
-    def recent_failures(self, limit: int = 10) -> list[RunRecord]: ...
+    def recent_failures(self, limit: int = 10) -> tuple[list[RunRecord], str | None]: ...
+    def task_file_failures(self) -> list[tuple[str, str]]: ...
     async def run_now(
         self, job_type: str, params: Mapping[str, Any] | None = None
     ) -> RunSummary | str: ...
@@ -229,15 +230,18 @@ def status_page(
     cancelled: Annotated[str | None, Query(max_length=64)] = None,
     outcome: Annotated[str | None, Query(max_length=16)] = None,
 ) -> HTMLResponse:
+    failures, history_error = view.recent_failures()
     page = render_status_page(
         view.jobs_overview(),
         view.health_problems(),
         view.is_leader,
-        view.recent_failures(),
+        failures,
         [dataclasses.asdict(worker) for worker in view.workers()],
         in_progress=view.runs_in_progress(),
         refresh=refresh != "off",
         cancelled=(cancelled, outcome) if cancelled else None,
+        broken_files=view.task_file_failures(),
+        history_error=history_error,
     )
     return HTMLResponse(page)
 

@@ -27,6 +27,7 @@ from .errors import (
     UnknownRunError,
 )
 from .history import RunHistory
+from .masking import mask_secrets
 from .metrics import SchedulerMetrics
 from .pending import AlreadyStarted, PendingRun, PendingStore
 from .records import (
@@ -66,6 +67,7 @@ class ServiceState(Protocol):
 class ServiceOperations:
     def __init__(self, service: ServiceState) -> None:
         self._service = service
+        self._last_failures: list[RunRecord] = []
 
     @property
     def metrics_registry(self) -> CollectorRegistry:
@@ -103,9 +105,20 @@ class ServiceOperations:
             self._known(job_type)
         return RunHistory(self._service.engine).recent(job_type, limit=limit, offset=offset)
 
-    def recent_failures(self, limit: int = 10) -> list[RunRecord]:
+    def recent_failures(self, limit: int = 10) -> tuple[list[RunRecord], str | None]:
+        """The latest failed attempts, and None; or, while the history cannot be read (a
+        database outage), the last ones read and why (the status page must still answer)."""
         failed = [str(Outcome.FAILURE), str(Outcome.TIMEOUT), str(Outcome.CRASHED)]
-        return RunHistory(self._service.engine).recent(limit=limit, outcomes=failed)
+        try:
+            records = RunHistory(self._service.engine).recent(limit=limit, outcomes=failed)
+        except Exception as error:
+            return self._last_failures, mask_secrets(str(error).splitlines()[0])
+        self._last_failures = records
+        return records, None
+
+    def task_file_failures(self) -> list[tuple[str, str]]:
+        """(path, error) of each task file that failed to import, at start-up or reload."""
+        return [(str(f.path), mask_secrets(f.error)) for f in self._service.catalog.failures]
 
     async def run_now(
         self, job_type: str, params: Mapping[str, Any] | None = None

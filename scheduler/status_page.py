@@ -21,7 +21,7 @@ th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e3e6
 th { background: #f4f6fa; }
 .ok, .success, .scheduled, .ready { color: #17733a; }
 .failure, .timeout, .unhealthy, .crashed, .quarantined, .retiring { color: #b3261e; }
-.blocked, .paused, .disabled, .not_loaded, .skipped, .interrupted { color: #8a5a00; }
+.blocked, .paused, .disabled, .not_loaded, .skipped, .interrupted, .degraded { color: #8a5a00; }
 .cancelled, .cancelling, .retrying { color: #8a5a00; } .running { color: #1a56b3; }
 code { font-size: 12px; }
 form.cancel { display: flex; gap: .4rem; margin: 0; }
@@ -124,6 +124,30 @@ def render_message_page(text: str) -> str:
 """
 
 
+def _history_banner(error: str | None) -> str:
+    if error is None:
+        return ""
+    return (
+        f'<p id="stale" class="unhealthy">The run history cannot be read ({escape(error)}): '
+        "the failures below are the last ones read; job states are this instance's own.</p>"
+    )
+
+
+def _broken_files_section(broken: Sequence[tuple[str, str]]) -> str:
+    if not broken:
+        return ""
+    rows = "".join(
+        f"<tr>{_cell(path)}<td><code>{escape(error)}</code></td></tr>" for path, error in broken
+    )
+    return (
+        "<h2>Task files that fail to import</h2>\n"
+        '<table id="broken"><thead><tr><th>File</th><th>Error</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>\n<p>Their jobs keep their schedules; their runs are "
+        "skipped until the file imports again (<code>scheduler check -v</code> shows the "
+        "tracebacks).</p>"
+    )
+
+
 def render_status_page(
     jobs: Sequence[dict[str, Any]],
     problems: Sequence[str],
@@ -135,10 +159,21 @@ def render_status_page(
     in_progress: Sequence[RunInProgress] = (),
     refresh: bool = True,
     cancelled: tuple[str, str | None] | None = None,
+    broken_files: Sequence[tuple[str, str]] = (),
+    history_error: str | None = None,
 ) -> str:
-    """The page. `cancelled`: the (run id, outcome) a cancel's redirect carries."""
+    """The page. `cancelled`: the (run id, outcome) a cancel's redirect carries;
+    `broken_files`: (path, error) of each task file that fails to import; `history_error`: why
+    the run history could not be read just now (the failures shown are the last read)."""
     now = now or datetime.now(UTC)
-    health = "healthy" if not problems else "unhealthy: " + "; ".join(problems)
+    health, health_class = "healthy", "ok"
+    if problems:
+        health, health_class = "unhealthy: " + "; ".join(problems), "unhealthy"
+    elif broken_files:
+        health, health_class = (
+            f"degraded: {len(broken_files)} task file(s) fail to import",
+            "degraded",
+        )
     role = "active instance" if leader else "standby"
     rows = []
     for job in jobs:
@@ -195,9 +230,11 @@ def render_status_page(
 <title>Scheduler status</title><style>{_STYLE}</style></head>
 <body>
 <h1>Scheduler status</h1>
-<p id="health" class="{"ok" if not problems else "unhealthy"}">{escape(health)} · {role}
+<p id="health" class="{health_class}">{escape(health)} · {role}
 · refreshed {now:%Y-%m-%d %H:%M:%S} UTC, {refreshes}</p>
+{_history_banner(history_error)}
 {_notice(cancelled)}
+{_broken_files_section(broken_files)}
 <h2>Jobs</h2>
 <table id="jobs"><thead><tr><th>Job type</th><th>State</th><th>Schedule</th><th>Next run (UTC)</th>
 <th>Last outcome</th><th>Last success</th></tr></thead>

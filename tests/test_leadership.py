@@ -104,6 +104,8 @@ def test_postgres_outage_is_survived_without_a_restart(
         service.wait_for_log("database unreachable", timeout=15)
         status, health = service.get_json("/healthz")
         assert status == 503 and "database unreachable" in health["problems"]
+        status, page = service.get("/")  # the last known state, with a banner; not a 500
+        assert status == 200 and b'id="stale"' in page and b'id="jobs"' in page
         outage_ends = time.monotonic() + 30  # the length of the outage is what is under test
         while time.monotonic() < outage_ends:
             assert service.process is not None and service.process.poll() is None, "it died"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 
 from scheduler.requirements import no_provider
 from scheduler.status import NO_WORKER_GRACE_SECONDS, Health, health_problems
@@ -123,3 +124,19 @@ def test_after_a_restart_the_api_shows_each_jobs_last_error_with_its_outcome(
     assert doomed["last_outcome"] == "failure"
     assert doomed["last_error"] == "RuntimeError: no way"
     assert doomed["last_finished_at"] is not None
+
+
+def test_status_page_lists_broken_task_files_and_is_degraded_not_healthy(
+    services: ServiceFactory,
+) -> None:
+    services.write_task("fine.py", task_source("fine", "return []", interval_seconds=3600))
+    services.write_task("broken.py", "def (:\n")
+    service = services()
+    service.wait_for_log("active: this instance runs the jobs")
+    status, body = service.get("/")
+    page = body.decode()
+    assert status == 200
+    assert 'id="health" class="degraded">degraded: 1 task file(s) fail to import' in page
+    (section,) = re.findall(r'<table id="broken">.*?</table>', page, re.S)
+    assert "broken.py" in section and "SyntaxError: invalid syntax (line 1)" in section
+    assert "fine.py" not in section
