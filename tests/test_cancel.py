@@ -691,7 +691,8 @@ def test_cancel_from_the_command_line(services: ServiceFactory) -> None:
     assert by_job.returncode == 0, by_job.stderr
     lines = sorted(by_job.stdout.splitlines())
     assert lines == sorted(
-        f"cancelled run {run['run_id']} of sleeper (attempt 1): ended cancelled" for run in sleepers
+        f"cancelled run {run['run_id']} of sleeper (attempt {run['attempt']}): ended cancelled"
+        for run in sleepers
     )
     for run in sleepers:
         assert final_rows(services, run["run_id"])[-1].outcome == "cancelled"

@@ -46,7 +46,11 @@ def test_timeout_cancels_the_run_records_it_and_frees_the_slot(services: Service
         assert run.error == "timed out after 0.3s"
         assert run.duration_seconds is not None and 0.29 < run.duration_seconds < 1.0
         assert run.attempt == 1 and run.dead_letter  # not idempotent: never retried
-    assert services.finished("sleeper", "skipped") == []  # the slot was free for each next run
+    # The slot was free for each next run: a skip may only happen while a run still held it
+    # (on a loaded machine a run can start late and overlap the next slot).
+    for skip in services.finished("sleeper", "skipped"):
+        holders = [r for r in runs if r.started_at <= skip.started_at < r.finished_at]  # type: ignore[operator]
+        assert holders, f"{skip} was skipped although no run held the slot"
 
 
 def test_idempotent_job_is_retried_after_a_timeout(services: ServiceFactory) -> None:

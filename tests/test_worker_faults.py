@@ -171,7 +171,8 @@ def test_blocking_code_is_named_and_timed_out_while_the_rest_runs(
         for r in services.finished("ticker", "success")
         if run.started_at <= r.started_at <= run.finished_at  # type: ignore[operator]
     ]
-    assert len(ticks) >= 5, "the other job kept running while one worker was blocked"
+    # ~10 slots fall in the window; a loaded CI machine runs fewer, a frozen service none.
+    assert len(ticks) >= 3, f"the other job kept running while one worker was blocked: {ticks}"
     # The tick stuck on the blocked worker ends with it (recorded `crashed`), not left running.
     wait_until(
         lambda: (
