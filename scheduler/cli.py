@@ -25,17 +25,18 @@ from .coordinator import NoHistory, RunCoordinator
 from .database import create_database_engine, is_sqlite, normalize_url, redact, sqlite_path
 from .errors import SchedulerError
 from .event_loop import run_on_loop
-from .history import RunHistory
+from .history import JobHistorySummary, RunHistory
 from .job_state import JobStates
 from .logs import configure_logging
 from .masking import mask_secrets
 from .presentation import (
     blocked_lines,
     catalog_as_json,
+    first_cron_runs,
     jobs_table,
     override_lines,
     quarantine_lines,
-    run_as_json,
+    runs_as_json,
     runs_table,
     upcoming_runs,
 )
@@ -43,6 +44,7 @@ from .records import Outcome, Trigger
 from .service import SchedulerService
 from .settings import ServiceSettings, load_settings
 from .slots import PrioritySlots
+from .status import jobs_overview
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -118,16 +120,24 @@ def list_command(
 ) -> None:
     """List discovered jobs, their effective settings and where overrides came from."""
     catalog = _quiet_catalog(tasks_dir, config_file, verbose)
-    blocked = _blocked(catalog)
     settings = _settings()
+    stored = stored_next_runs(settings)
     quarantined = stored_quarantines(settings)
-    next_runs = upcoming_runs(catalog.jobs.values(), stored_next_runs(settings))
+    # No requirement provider is asked (a slow one would hold up a look): `check` asks them.
     jobs = list(catalog.jobs.values())
+    first = first_cron_runs(jobs, stored)  # not stored yet: its expression's next match
+    views = [
+        view.model_copy(update={"next_run_time": first[view.job_type]})
+        if view.job_type in first
+        else view
+        for view in jobs_overview(catalog, stored_states(settings), stored, {}, quarantined)
+    ]
     if as_json:
-        document = catalog_as_json(catalog, blocked, quarantined, next_runs)
-        click.echo(json.dumps(document, indent=2))
+        click.echo(catalog_as_json(catalog, views))
     else:
-        click.echo(jobs_table(jobs, blocked, quarantined, next_runs))
+        states = {view.job_type: view.state for view in views}
+        click.echo(jobs_table(jobs, states, upcoming_runs(jobs, stored)))
+        blocked = catalog.blocked_by_dependencies()
         lines = [*override_lines(jobs), *blocked_lines(blocked), *quarantine_lines(quarantined)]
         for line in lines:
             click.echo(line)
@@ -186,7 +196,7 @@ def history(job_type: str | None, limit: int, dead_letter: bool, as_json: bool) 
     finally:
         engine.dispose()
     if as_json:
-        click.echo(json.dumps([run_as_json(r) for r in records], indent=2))
+        click.echo(runs_as_json(records))
     elif records:
         click.echo(runs_table(records))
     else:
@@ -491,6 +501,12 @@ def stored_quarantines(settings: ServiceSettings) -> dict[str, str]:
     return {job_type: reason for job_type, (reason, _, _) in stored.items() if reason}
 
 
+def stored_states(settings: ServiceSettings) -> JobStates:
+    """Each job's latest outcome, error and success as the run history has them."""
+    none: dict[str, JobHistorySummary] = {}
+    return JobStates(_read_only(settings, lambda engine: RunHistory(engine).summaries(), none))
+
+
 def stored_next_runs(settings: ServiceSettings) -> dict[str, datetime | None]:
     """Each stored job's next run time (None: paused), as the job store has them."""
 
@@ -519,15 +535,6 @@ def _read_only(settings: ServiceSettings, read: Callable[[Engine], T], default: 
         return default
     finally:
         engine.dispose()
-
-
-def _blocked(catalog: JobCatalog) -> dict[str, list[str]]:
-    """Why each blocked job is: a disabled dependency, an unavailable requirement (providers are
-    asked), in the catalog's order."""
-    blocked = catalog.blocked_by_dependencies()
-    for job_type, reasons in asyncio.run(catalog.blocked_by_requirements()).items():
-        blocked.setdefault(job_type, []).extend(reasons)
-    return {job_type: blocked[job_type] for job_type in catalog.jobs if job_type in blocked}
 
 
 def _report(catalog: JobCatalog, verbose: bool = False) -> None:

@@ -37,9 +37,9 @@ from .errors import (
 from .metrics import package_version
 from .params import MAX_PARAMS_BYTES, ParamsError, ParamsTooLarge, encode_params
 from .pending import PendingRun
-from .presentation import run_as_json
 from .records import RunCancellation, RunInProgress, RunRecord, RunSummary, WorkerStatus, utcnow
 from .status_page import render_message_page, render_status_page
+from .views import JobStateName, JobView, RunView
 
 
 class ServiceView(Protocol):
@@ -52,7 +52,7 @@ class ServiceView(Protocol):
     @property
     def admin_token(self) -> str | None: ...
     def health_problems(self) -> list[str]: ...
-    def jobs_overview(self) -> list[dict[str, Any]]: ...
+    def jobs_overview(self) -> list[JobView]: ...
     def workers(self) -> list[WorkerStatus]: ...
     def runs(self, job_type: str | None, limit: int, offset: int) -> list[RunRecord]: ...
     def recent_failures(self, limit: int = 10) -> tuple[list[RunRecord], str | None]: ...
@@ -144,8 +144,8 @@ class PendingRunView(BaseModel):
 
 class JobAction(BaseModel):
     job_type: str
-    state: str
-    next_run_time: str | None
+    state: JobStateName
+    next_run_time: datetime | None
 
 
 class CancelledRun(BaseModel):
@@ -169,7 +169,7 @@ class RunsPage(BaseModel):
     limit: int
     offset: int
     next_offset: int | None
-    runs: list[dict[str, Any]]
+    runs: list[RunView]
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -304,7 +304,7 @@ def readyz(view: View) -> JSONResponse:
 
 
 @reads.get("/api/jobs", summary="Every job: configuration, state, next run, latest outcome")
-def jobs(view: View) -> list[dict[str, Any]]:
+def jobs(view: View) -> list[JobView]:
     return view.jobs_overview()
 
 
@@ -331,7 +331,7 @@ def job_runs(
         limit=limit,
         offset=offset,
         next_offset=offset + limit if more else None,
-        runs=[run_as_json(record) for record in records[:limit]],
+        runs=[RunView.of(record) for record in records[:limit]],
     )
 
 
@@ -443,8 +443,8 @@ def _cancelled(result: RunCancellation) -> CancelledRun:
 
 
 def _job_action(view: ServiceView, job_type: str) -> JobAction:
-    job = next(j for j in view.jobs_overview() if j["job_type"] == job_type)
-    return JobAction(job_type=job_type, state=job["state"], next_run_time=job["next_run_time"])
+    job = next(j for j in view.jobs_overview() if j.job_type == job_type)
+    return JobAction(job_type=job_type, state=job.state, next_run_time=job.next_run_time)
 
 
 async def _unknown_job(_request: Request, error: Exception) -> JSONResponse:

@@ -41,6 +41,7 @@ from .records import (
 )
 from .settings import ServiceSettings
 from .status import Health, health_problems, jobs_overview
+from .views import JobView
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +87,7 @@ class ServiceOperations:
         service = self._service
         return health_problems(service.health, service.settings.heartbeat_seconds)
 
-    def jobs_overview(self) -> list[dict[str, Any]]:
+    def jobs_overview(self) -> list[JobView]:
         service, role = self._service, self._service.role
         return jobs_overview(
             service.catalog,

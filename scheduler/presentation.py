@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 from .catalog import JobCatalog
 from .job_config import ResolvedJob
+from .masking import mask_secrets
 from .options import JobPriority
-from .params import decode_params
 from .records import RunRecord
 from .schedules import CronSchedule
+from .views import CatalogView, JobView, RunView, TaskFileFailure
 
 #: A job not stored yet: an interval job first runs within a second of the service's start.
 AT_START: Final = "at start"
@@ -42,23 +44,40 @@ def display(value: object) -> str:
 NONE: Mapping[str, str] = {}
 
 
+def first_cron_runs(
+    jobs: Iterable[ResolvedJob], stored: Mapping[str, datetime | None], now: datetime | None = None
+) -> dict[str, datetime]:
+    """When each enabled cron job not stored yet first runs: its expression's next match."""
+    now = now or datetime.now(UTC)
+    first = {}
+    for job in jobs:
+        schedule = job.config.schedule
+        if job.config.enabled and job.job_type not in stored and isinstance(schedule, CronSchedule):
+            moment = schedule.trigger().get_next_fire_time(None, now)
+            if moment is not None:
+                first[job.job_type] = moment
+    return first
+
+
 def upcoming_runs(
     jobs: Iterable[ResolvedJob], stored: Mapping[str, datetime | None], now: datetime | None = None
 ) -> dict[str, str]:
     """When each enabled job runs next, in words: its stored next run time (UTC), `paused`,
-    or for a job not stored yet, the next time its cron expression matches or `at start`."""
-    now = now or datetime.now(UTC)
+    or for a job not stored yet, the next time its cron expression matches (`never` if none
+    does) or `at start`."""
+    jobs = list(jobs)
+    first = first_cron_runs(jobs, stored, now)
     upcoming: dict[str, str] = {}
     for job in jobs:
         if not job.config.enabled:
             continue
-        schedule = job.config.schedule
         if job.job_type in stored:
             moment = stored[job.job_type]
             upcoming[job.job_type] = PAUSED if moment is None else _utc(moment)
-        elif isinstance(schedule, CronSchedule):
-            moment = schedule.trigger().get_next_fire_time(None, now)
-            upcoming[job.job_type] = _utc(moment) if moment else "never"
+        elif job.job_type in first:
+            upcoming[job.job_type] = _utc(first[job.job_type])
+        elif isinstance(job.config.schedule, CronSchedule):
+            upcoming[job.job_type] = "never"
         else:
             upcoming[job.job_type] = AT_START
     return upcoming
@@ -68,21 +87,8 @@ def _utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def job_status(
-    job: ResolvedJob, blocked: Mapping[str, list[str]], quarantined: Mapping[str, str] = NONE
-) -> str:
-    if not job.config.enabled:
-        return "disabled"
-    if job.job_type in quarantined:
-        return "quarantined"
-    return "blocked" if job.job_type in blocked else "ready"
-
-
 def jobs_table(
-    jobs: Sequence[ResolvedJob],
-    blocked: Mapping[str, list[str]],
-    quarantined: Mapping[str, str] = NONE,
-    next_runs: Mapping[str, str] = NONE,
+    jobs: Sequence[ResolvedJob], states: Mapping[str, str], next_runs: Mapping[str, str] = NONE
 ) -> str:
     header = ("JOB TYPE", "NAME", "STATUS", "SCHEDULE", "NEXT RUN (UTC)", "PRIORITY", "CONCURRENT",
               "RETRIES", "TIMEOUT", "BATCH", "REQUIRES", "DEPENDS ON")  # fmt: skip
@@ -90,7 +96,7 @@ def jobs_table(
     for job in jobs:
         c, m = job.config, job.metadata
         rows.append((
-            job.job_type, m.name, job_status(job, blocked, quarantined),
+            job.job_type, m.name, states.get(job.job_type, "-"),
             str(c.schedule), next_runs.get(job.job_type, "-"),
             c.priority.name, str(c.max_concurrent),
             f"{c.max_retries} every {seconds(c.retry_delay_seconds)}",
@@ -120,51 +126,18 @@ def quarantine_lines(quarantined: Mapping[str, str]) -> list[str]:
     return ["", header, *lines] if lines else []
 
 
-def job_as_json(
-    job: ResolvedJob,
-    blocked: Mapping[str, list[str]],
-    quarantined: Mapping[str, str] = NONE,
-    next_runs: Mapping[str, str] = NONE,
-) -> dict[str, Any]:
-    meta = job.metadata
-    config = job.config.model_dump(mode="json")
-    config["priority"] = job.config.priority.name
-    return {
-        "job_type": job.job_type,
-        "name": meta.name,
-        "description": meta.description,
-        "task_class": meta.qualified_class_name,
-        "source": str(meta.source),
-        "status": job_status(job, blocked, quarantined),
-        "schedule": str(job.config.schedule),
-        "next_run": next_runs.get(job.job_type),
-        "blocked_by": blocked.get(job.job_type, []),
-        "quarantined": quarantined.get(job.job_type),
-        "config": config,
-        "requirements": list(meta.requirements),
-        "dependencies": list(meta.dependencies),
-        "overrides": {
-            option: {"source": origin.kind, "where": origin.where, "value": origin.raw}
-            for option, origin in job.origins.items()
-        },
-    }
-
-
-def catalog_as_json(
-    catalog: JobCatalog,
-    blocked: Mapping[str, list[str]],
-    quarantined: Mapping[str, str] = NONE,
-    next_runs: Mapping[str, str] = NONE,
-) -> dict[str, Any]:
-    return {
-        "tasks_dir": str(catalog.discovery.tasks_dir),
-        "jobs": [
-            job_as_json(job, blocked, quarantined, next_runs) for job in catalog.jobs.values()
+def catalog_as_json(catalog: JobCatalog, jobs: Sequence[JobView]) -> str:
+    """`list --json`: the jobs as /api/jobs has them, and what discovery found."""
+    document = CatalogView(
+        tasks_dir=str(catalog.discovery.tasks_dir),
+        jobs=list(jobs),
+        failures=[
+            TaskFileFailure(path=str(f.path), error=mask_secrets(f.error)) for f in catalog.failures
         ],
-        "failures": [{"path": str(f.path), "error": f.error} for f in catalog.failures],
-        "problems": [*catalog.problems, *catalog.never_run()],
-        "warnings": list(catalog.warnings),
-    }
+        problems=[*catalog.problems, *catalog.never_run()],
+        warnings=list(catalog.warnings),
+    )
+    return document.model_dump_json(indent=2)
 
 
 def runs_table(records: Sequence[RunRecord]) -> str:
@@ -184,26 +157,5 @@ def runs_table(records: Sequence[RunRecord]) -> str:
     return table(rows)
 
 
-def run_as_json(record: RunRecord) -> dict[str, Any]:
-    return {
-        "run_id": record.run_id,
-        "job_type": record.job_type,
-        "attempt": record.attempt,
-        "trigger": record.trigger,
-        "scheduled_at": _iso(record.scheduled_at),
-        "started_at": _iso(record.started_at),
-        "finished_at": _iso(record.finished_at),
-        "duration_seconds": record.duration_seconds,
-        "outcome": record.outcome,
-        "skip_reason": record.skip_reason,
-        "error": record.error,
-        "items_succeeded": record.items_succeeded,
-        "items_failed": record.items_failed,
-        "dead_letter": record.dead_letter,
-        "instance": record.instance,
-        "params": decode_params(record.params) if record.params else None,
-    }
-
-
-def _iso(moment: Any) -> str | None:
-    return None if moment is None else str(moment.isoformat())
+def runs_as_json(records: Sequence[RunRecord]) -> str:
+    return json.dumps([RunView.of(r).model_dump(mode="json") for r in records], indent=2)

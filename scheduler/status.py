@@ -14,6 +14,7 @@ from .dependencies import disabled_dependency_reason
 from .job_config import ResolvedJob
 from .job_state import JobStates
 from .metrics import JobStatus, ServiceStatus
+from .views import JobSettings, JobView, Override
 
 
 @dataclass
@@ -110,8 +111,9 @@ def jobs_overview(
     next_runs: Mapping[str, datetime | None],
     not_loaded: Mapping[str, str],
     quarantined: Mapping[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    """Each job for /api/jobs: effective configuration, state, next run and latest outcome.
+) -> list[JobView]:
+    """Each job for /api/jobs, `list --json` and the status page: effective configuration
+    and where it came from, state, next run and latest outcome.
 
     `not_loaded` maps the stored jobs whose task file failed to import to why.
     """
@@ -120,29 +122,38 @@ def jobs_overview(
         job = catalog.jobs.get(job_type)
         state, why = job_state(job_type, catalog, states, next_runs, not_loaded, quarantined)
         js = states.get(job_type) if states is not None else None
-        config = job.config.model_dump(mode="json") if job else None
-        if job is not None and config is not None:
-            config["priority"] = job.config.priority.name
         overview.append(
-            {
-                "job_type": job_type,
-                "name": job.metadata.name if job else job_type,
-                "state": state,
-                "state_reason": why,
-                "schedule": str(job.config.schedule) if job else None,
-                "config": config,
-                "requirements": list(job.metadata.requirements) if job else [],
-                "dependencies": list(job.metadata.dependencies) if job else [],
-                "params_schema": _schema(job),
-                "next_run_time": _iso(next_runs.get(job_type)),
-                "running": js.running if js else 0,
-                "last_outcome": js.last_outcome if js else None,
-                "last_finished_at": _iso(js.last_finished_at) if js else None,
-                "last_error": js.last_error if js else None,
-                "last_success_at": _iso(js.last_success_at) if js else None,
-            }
+            JobView(
+                job_type=job_type,
+                name=job.metadata.name if job else job_type,
+                description=job.metadata.description if job else None,
+                task_class=job.metadata.qualified_class_name if job else None,
+                source=str(job.metadata.source) if job else None,
+                state=state,
+                state_reason=why,
+                schedule=str(job.config.schedule) if job else None,
+                config=JobSettings.of(job.config) if job else None,
+                overrides=_overrides(job),
+                requirements=list(job.metadata.requirements) if job else [],
+                dependencies=list(job.metadata.dependencies) if job else [],
+                params_schema=_schema(job),
+                next_run_time=next_runs.get(job_type),
+                running=js.running if js else 0,
+                last_outcome=js.last_outcome if js else None,
+                last_finished_at=js.last_finished_at if js else None,
+                last_error=js.last_error if js else None,
+                last_success_at=js.last_success_at if js else None,
+            )
         )
     return overview
+
+
+def _overrides(job: ResolvedJob | None) -> dict[str, Override]:
+    origins = job.origins if job else {}
+    return {
+        option: Override(source=origin.kind, where=origin.where, value=origin.raw)
+        for option, origin in origins.items()
+    }
 
 
 def _schema(job: ResolvedJob | None) -> Any:
@@ -181,7 +192,3 @@ def service_status(
         leadership_epoch=health.epoch if health.leader else 0,
         history_rows_dropped=health.history_rows_dropped,
     )
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None

@@ -10,6 +10,7 @@ from html import escape
 from typing import Any
 
 from .records import Outcome, RunInProgress, RunRecord
+from .views import JobView
 
 REFRESH_SECONDS = 10
 
@@ -33,20 +34,19 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _CANCEL_OUTCOMES = frozenset({*(str(outcome) for outcome in Outcome), "cancelling"})
 
 
-def _ago(iso: str | None, now: datetime) -> str:
-    if not iso:
+def _ago(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
         return "never"
-    seconds = (now - datetime.fromisoformat(iso)).total_seconds()
+    seconds = (now - moment).total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds / size:.0f}{unit} ago"
     return f"{max(seconds, 0):.0f}s ago"
 
 
-def _when(iso: str | None, now: datetime) -> str:
-    if not iso:
+def _when(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
         return "-"
-    moment = datetime.fromisoformat(iso)
     seconds = max((moment - now).total_seconds(), 0)
     return f"{moment:%Y-%m-%d %H:%M:%S} (in {seconds:.0f}s)"
 
@@ -75,7 +75,7 @@ def _in_progress_section(runs: Sequence[RunInProgress], leader: bool, now: datet
         + _cell(run.run_id)
         + _cell(run.job_type)
         + _cell(run.attempt)
-        + _cell(f"{run.started_at:%Y-%m-%d %H:%M:%S} ({_ago(run.started_at.isoformat(), now)})")
+        + _cell(f"{run.started_at:%Y-%m-%d %H:%M:%S} ({_ago(run.started_at, now)})")
         + _cell(run.trigger)
         + _cell(run.state, run.state)
         + _cell("-" if run.worker_pid is None else run.worker_pid)
@@ -149,7 +149,7 @@ def _broken_files_section(broken: Sequence[tuple[str, str]]) -> str:
 
 
 def render_status_page(
-    jobs: Sequence[dict[str, Any]],
+    jobs: Sequence[JobView],
     problems: Sequence[str],
     leader: bool,
     failures: Sequence[RunRecord],
@@ -177,15 +177,15 @@ def render_status_page(
     role = "active instance" if leader else "standby"
     rows = []
     for job in jobs:
-        state = job["state"] + (f" ({job['state_reason']})" if job.get("state_reason") else "")
+        state = job.state + (f" ({job.state_reason})" if job.state_reason else "")
         rows.append(
             "<tr>"
-            + _cell(job["job_type"])
-            + _cell(state, job["state"])
-            + _cell(job.get("schedule") or "-")
-            + _cell(_when(job.get("next_run_time"), now))
-            + _cell(_outcome_label(job.get("last_outcome")), job.get("last_outcome") or "")
-            + _cell(_ago(job.get("last_success_at"), now))
+            + _cell(job.job_type)
+            + _cell(state, job.state)
+            + _cell(job.schedule or "-")
+            + _cell(_when(job.next_run_time, now))
+            + _cell(_outcome_label(job.last_outcome), job.last_outcome or "")
+            + _cell(_ago(job.last_success_at, now))
             + "</tr>"
         )
     failure_rows = [

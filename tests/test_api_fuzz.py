@@ -4,12 +4,14 @@ no server errors, responses that match the schema, and no write without the toke
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from scheduler.records import Outcome
+from scheduler.views import JobStateName
 from tests.support import ServiceFactory, task_source
 
 TOKEN = "fuzz-token-0123456789"
@@ -66,3 +68,23 @@ def test_fuzzing_can_see_the_write_endpoints(api_schema: Any) -> None:
         "POST /api/jobs/{job_type}/resume",
         "GET /api/jobs/{job_type}/runs",
     } <= operations
+
+
+def test_every_api_answer_has_a_typed_schema(api_schema: Any) -> None:
+    """Fuzzing validates answers against the schema, so an untyped answer would pass anything."""
+    raw = api_schema.raw_schema
+    untyped = []
+    for path, item in raw["paths"].items():
+        for method, operation in item.items():
+            for code, response in operation["responses"].items():
+                if not path.startswith("/api/") or not code.startswith("2"):
+                    continue
+                schema = response["content"]["application/json"]["schema"]
+                refs = [schema, schema.get("items", {}), *schema.get("anyOf", [])]
+                if not any("$ref" in s for s in refs):
+                    untyped.append(f"{method.upper()} {path} {code}: {schema}")
+    assert untyped == []
+    job = raw["components"]["schemas"]["JobView"]["properties"]
+    assert set(job["state"]["enum"]) == set(get_args(JobStateName))
+    run = raw["components"]["schemas"]["RunView"]["properties"]
+    assert set(run["outcome"]["enum"]) == {str(o) for o in Outcome}

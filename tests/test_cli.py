@@ -180,10 +180,10 @@ def test_list_shows_jobs_behind_a_disabled_dependency_as_blocked(
 
     as_json = json.loads(scheduler("list", "--json", "--tasks-dir", str(tasks_dir)).stdout)
     report = next(job for job in as_json["jobs"] if job["job_type"] == "report")
-    assert report["status"] == "blocked"
-    assert report["blocked_by"] == [
+    assert report["state"] == "blocked"  # the state names of /api/jobs
+    assert report["state_reason"] == (
         "dependency 'fetch' is disabled: this job never runs until it is enabled"
-    ]
+    )
     assert any("'summary' depends on disabled job 'fetch'" in p for p in as_json["problems"])
 
 
@@ -220,7 +220,8 @@ def test_list_shows_jobs_and_where_overrides_came_from(
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()[:2]
     assert header.split()[:3] == ["JOB", "TYPE", "NAME"]
-    assert row.split()[:8] == ["good", "Task", "blocked", "every", "45s", "at", "start", "HIGH"]
+    # Not stored yet (no service ran); its requirement is not asked (see the next test).
+    assert row.split()[:8] == ["good", "Task", "unscheduled", "every", "45s", "at", "start", "HIGH"]
     assert "wallet" in row
     assert (
         "good.interval_seconds = 45 from environment good_runner_interval_seconds='45'"
@@ -230,6 +231,38 @@ def test_list_shows_jobs_and_where_overrides_came_from(
         f"good.batch_size = 99 from config file {config} [jobs.good] batch_size=99" in result.stdout
     )
     assert "good.priority = HIGH from config file" in result.stdout
+
+
+SLOW_PROVIDER_TASK = """
+    import pathlib, time
+    from scheduler import BaseTask, JobContext, RunnerResult, job, requirement
+
+    @requirement("vault")
+    def vault() -> str:
+        pathlib.Path({marker!r}).touch()
+        time.sleep(1)
+        return "token"
+
+    @job("needs_vault", interval_seconds=30, requires_vault=True)
+    class Task(BaseTask[RunnerResult]):
+        async def _execute_impl(self, context: JobContext) -> list[RunnerResult]:
+            return []
+"""
+
+
+def test_list_asks_no_requirement_provider_and_check_does(
+    tmp_path: Path, tasks_dir: Path, write_task: WriteTask
+) -> None:
+    marker = tmp_path / "asked"
+    write_task("vault.py", SLOW_PROVIDER_TASK.format(marker=str(marker)))
+    for args in (["list"], ["list", "--json"]):
+        result = scheduler(*args, "--tasks-dir", str(tasks_dir))
+        assert result.returncode == 0, result.stderr
+        assert "needs_vault" in result.stdout
+    assert not marker.exists(), "list asked a requirement provider (a slow one holds it up)"
+    checked = scheduler("check", "--tasks-dir", str(tasks_dir))
+    assert checked.returncode == 0, checked.stderr
+    assert marker.exists()
 
 
 def test_list_json_has_every_effective_option(tasks_dir: Path, write_task: WriteTask) -> None:
@@ -304,13 +337,14 @@ def test_list_shows_each_schedule_and_when_it_runs_next(
     assert jobs["nightly"]["schedule"] == "cron 30 2 * * * (Asia/Tokyo)"
     assert jobs["ticker"]["schedule"] == "every 5s"
     # Not stored yet (no database: nothing is created): the next match, or at start.
-    next_run = datetime.fromisoformat(jobs["nightly"]["next_run"] + "+00:00")
+    next_run = datetime.fromisoformat(jobs["nightly"]["next_run_time"])
     assert next_run.astimezone(ZoneInfo("Asia/Tokyo")).strftime("%H:%M") == "02:30"
-    assert jobs["ticker"]["next_run"] == "at start"
+    assert (jobs["ticker"]["next_run_time"], jobs["ticker"]["state"]) == (None, "unscheduled")
     assert not (tmp_path / "x.db").exists()
     table = scheduler("list", "--tasks-dir", str(tasks_dir), env=env).stdout
     assert "SCHEDULE" in table and "NEXT RUN (UTC)" in table
-    assert "cron 30 2 * * * (Asia/Tokyo)" in table and jobs["nightly"]["next_run"] in table
+    assert "cron 30 2 * * * (Asia/Tokyo)" in table and f"{next_run:%Y-%m-%d %H:%M:%S}" in table
+    assert "at start" in table
 
 
 def test_history_run_elsewhere_says_so_and_creates_no_database(tmp_path: Path) -> None:

@@ -363,7 +363,7 @@ def test_cli_trigger_at_with_params_and_history(services: ServiceFactory) -> Non
     rows = json.loads(run_cli("history", "note", "--json", cwd=cwd, env=env).stdout)
     (row,) = [row for row in rows if row["run_id"] == answer["run_id"]]
     assert (row["trigger"], row["outcome"], row["params"]) == ("manual", "success", entry["params"])
-    assert row["scheduled_at"] == entry["scheduled"]
+    assert datetime.fromisoformat(row["scheduled_at"]) == datetime.fromisoformat(entry["scheduled"])
     table = run_cli("history", "note", cwd=cwd, env=env).stdout.splitlines()
     assert len(table) == 3 and all(line.split()[5:7] == ["manual", "success"] for line in table[1:])
 

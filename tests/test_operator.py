@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from tests.support import ServiceFactory, run_cli, task_source, wait_until
@@ -93,7 +94,16 @@ def test_pause_survives_a_restart_and_resume_runs_again(services: ServiceFactory
     second = services(SCHEDULER_ADMIN_TOKEN=TOKEN)
     second.wait_for_log("Resumed scheduler job processing")  # reconciled, scheduling
     status, jobs = second.get_json("/api/jobs")
-    assert next(j for j in jobs if j["job_type"] == "tick")["state"] == "paused"
+    api_tick = next(j for j in jobs if j["job_type"] == "tick")
+    assert api_tick["state"] == "paused"
+    # `list --json` on the same database shows the same model, with the same values.
+    listed = run_cli(
+        "list", "--json", "--tasks-dir", str(services.tasks_dir),
+        cwd=services.workdir, env={"SCHEDULER_DATABASE_URL": services.database_url},
+    )  # fmt: skip
+    (cli_tick,) = [j for j in json.loads(listed.stdout)["jobs"] if j["job_type"] == "tick"]
+    assert cli_tick == {**api_tick, "running": 0}
+    assert (cli_tick["last_outcome"], cli_tick["next_run_time"]) == ("success", None)
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:  # five intervals: a running job would have run
         assert len(services.runs("tick")) == runs_before

@@ -233,7 +233,7 @@ def test_a_job_that_keeps_killing_its_worker_is_quarantined_until_resumed(
         cwd=any_services.workdir, env={"SCHEDULER_DATABASE_URL": any_services.database_url},
     )  # fmt: skip
     (doomed,) = [j for j in json.loads(listed.stdout)["jobs"] if j["job_type"] == "doomed"]
-    assert doomed["status"] == "quarantined" and "ended their worker" in doomed["quarantined"]
+    assert doomed["state"] == "quarantined" and "ended their worker" in doomed["state_reason"]
 
     again = any_services(**env)  # a restart keeps the quarantine
     wait_until(lambda: state_of(again, "doomed") == "quarantined", what="still quarantined")
