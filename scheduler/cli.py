@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from .masking import mask_secrets
 from .presentation import (
     blocked_lines,
     catalog_as_json,
+    check_as_json,
     first_cron_runs,
     jobs_table,
     override_lines,
@@ -40,11 +42,12 @@ from .presentation import (
     runs_table,
     upcoming_runs,
 )
-from .records import Outcome, Trigger
+from .records import Outcome, RunSummary, Trigger
 from .service import SchedulerService
 from .settings import ServiceSettings, load_settings
 from .slots import PrioritySlots
 from .status import jobs_overview
+from .views import RunOutcome
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -149,10 +152,14 @@ def list_command(
 @cli.command()
 @catalog_options
 @verbose_option
-def check(tasks_dir: Path | None, config_file: Path | None, verbose: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check(tasks_dir: Path | None, config_file: Path | None, verbose: bool, as_json: bool) -> None:
     """Validate task files and configuration; exit 1 if anything is wrong."""
     catalog = _quiet_catalog(tasks_dir, config_file, verbose)
     blocked = asyncio.run(catalog.blocked_by_requirements())
+    if as_json:
+        click.echo(check_as_json(catalog, blocked))
+        sys.exit(0 if catalog.ok else 1)
     _report(catalog, verbose)
     for job_type, reasons in blocked.items():
         for why in reasons:
@@ -206,7 +213,19 @@ def history(job_type: str | None, limit: int, dead_letter: bool, as_json: bool) 
 @cli.command("run-job")
 @click.argument("job_type")
 @catalog_options
-def run_job(job_type: str, tasks_dir: Path | None, config_file: Path | None) -> None:
+@click.option(
+    "--wait-retry-delays",
+    is_flag=True,
+    help="Wait the job's own retry delays between attempts  [default: retry at once]",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def run_job(
+    job_type: str,
+    tasks_dir: Path | None,
+    config_file: Path | None,
+    wait_retry_delays: bool,
+    as_json: bool,
+) -> None:
     """Run JOB_TYPE once in the foreground, with its timeout and retries; exit 1 unless it
     succeeded. For development: no history is written and dependencies are not checked."""
     settings = _settings(tasks_dir=tasks_dir, config_file=config_file)
@@ -215,10 +234,15 @@ def run_job(job_type: str, tasks_dir: Path | None, config_file: Path | None) -> 
     if job_type not in catalog.jobs:
         known = ", ".join(catalog.jobs) or "(none)"
         raise click.ClickException(f"no job {job_type!r} in {settings.tasks_dir}; known: {known}")
+    jobs = dict(catalog.jobs)
+    if not wait_retry_delays:  # a developer waits for the outcome, not for a backoff
+        job = jobs[job_type]
+        config = job.config.model_copy(update={"retry_delay_seconds": 0.0})
+        jobs[job_type] = dataclasses.replace(job, config=config)
 
-    async def once() -> Outcome:
+    async def once() -> RunSummary:
         coordinator = RunCoordinator(
-            catalog.jobs,
+            jobs,
             history=NoHistory(),
             states=JobStates(),
             slots=PrioritySlots(1),
@@ -226,15 +250,18 @@ def run_job(job_type: str, tasks_dir: Path | None, config_file: Path | None) -> 
             instance="run-job",
             check_dependencies=False,
         )
-        summary = await coordinator.run(job_type, trigger=Trigger.MANUAL)
+        return await coordinator.run(job_type, trigger=Trigger.MANUAL)
+
+    summary = asyncio.run(once())
+    if as_json:
+        click.echo(RunOutcome.of(summary).model_dump_json(indent=2))
+    else:
         click.echo(
             f"{job_type}: {summary.outcome} after {summary.attempts} attempt(s), items "
             f"{summary.items_succeeded} ok / {summary.items_failed} failed"
             + (f": {summary.error}" if summary.error else "")
         )
-        return summary.outcome
-
-    if asyncio.run(once()) != Outcome.SUCCESS:
+    if summary.outcome != Outcome.SUCCESS:
         sys.exit(1)
 
 

@@ -39,7 +39,7 @@ from .params import MAX_PARAMS_BYTES, ParamsError, ParamsTooLarge, encode_params
 from .pending import PendingRun
 from .records import RunCancellation, RunInProgress, RunRecord, RunSummary, WorkerStatus, utcnow
 from .status_page import render_message_page, render_status_page
-from .views import JobStateName, JobView, RunView
+from .views import JobStateName, JobView, RunOutcome, RunView
 
 
 class ServiceView(Protocol):
@@ -74,17 +74,6 @@ class ServiceView(Protocol):
 
 class Problem(BaseModel):
     detail: str
-
-
-class RunOutcome(BaseModel):
-    """What happened to a "run now": `started` (still running) or how it ended."""
-
-    job_type: str
-    run_id: str
-    status: str
-    skip_reason: str | None = None
-    error: str | None = None
-    attempts: int = 0
 
 
 #: How far ahead a delayed run may be.
@@ -375,14 +364,7 @@ async def run_now(
     result = await view.run_now(job_type, params)
     if isinstance(result, str):
         return RunOutcome(job_type=job_type, run_id=result, status="started")
-    return RunOutcome(
-        job_type=job_type,
-        run_id=result.run_id,
-        status=str(result.outcome),
-        skip_reason=str(result.skip_reason) if result.skip_reason else None,
-        error=result.error,
-        attempts=result.attempts,
-    )
+    return RunOutcome.of(result)
 
 
 @writes.delete(

@@ -13,7 +13,7 @@ from .masking import mask_secrets
 from .options import JobPriority
 from .records import RunRecord
 from .schedules import CronSchedule
-from .views import CatalogView, JobView, RunView, TaskFileFailure
+from .views import CatalogView, CheckReport, JobView, RunView, TaskFileFailure
 
 #: A job not stored yet: an interval job first runs within a second of the service's start.
 AT_START: Final = "at start"
@@ -131,13 +131,30 @@ def catalog_as_json(catalog: JobCatalog, jobs: Sequence[JobView]) -> str:
     document = CatalogView(
         tasks_dir=str(catalog.discovery.tasks_dir),
         jobs=list(jobs),
-        failures=[
-            TaskFileFailure(path=str(f.path), error=mask_secrets(f.error)) for f in catalog.failures
-        ],
+        failures=_failures(catalog),
         problems=[*catalog.problems, *catalog.never_run()],
         warnings=list(catalog.warnings),
     )
     return document.model_dump_json(indent=2)
+
+
+def check_as_json(catalog: JobCatalog, blocked: Mapping[str, list[str]]) -> str:
+    report = CheckReport(
+        ok=catalog.ok,
+        tasks_dir=str(catalog.discovery.tasks_dir),
+        jobs=list(catalog.jobs),
+        failures=_failures(catalog),
+        problems=[*catalog.problems, *catalog.never_run()],
+        warnings=list(catalog.warnings),
+        blocked=dict(blocked),
+    )
+    return report.model_dump_json(indent=2)
+
+
+def _failures(catalog: JobCatalog) -> list[TaskFileFailure]:
+    return [
+        TaskFileFailure(path=str(f.path), error=mask_secrets(f.error)) for f in catalog.failures
+    ]
 
 
 def runs_table(records: Sequence[RunRecord]) -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .options import JobConfig
 from .params import decode_params
-from .records import RunRecord
+from .records import RunRecord, RunSummary
 
 #: scheduled: has a next run; paused: an operator paused it; quarantined: its runs keep
 #: ending their worker; disabled: `enabled=False`; blocked: a disabled dependency, or its
@@ -128,6 +128,33 @@ class RunView(_View):
         )
 
 
+class RunOutcome(_View):
+    """What happened to a run an operator started: `started` (it goes on) or how it ended,
+    after how many attempts."""
+
+    job_type: str
+    run_id: str
+    status: Literal["started"] | OutcomeName
+    skip_reason: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    items_succeeded: int = 0
+    items_failed: int = 0
+
+    @classmethod
+    def of(cls, summary: RunSummary) -> RunOutcome:
+        return cls(
+            job_type=summary.job_type,
+            run_id=summary.run_id,
+            status=summary.outcome,
+            skip_reason=summary.skip_reason,
+            error=summary.error,
+            attempts=summary.attempts,
+            items_succeeded=summary.items_succeeded,
+            items_failed=summary.items_failed,
+        )
+
+
 class TaskFileFailure(_View):
     path: str
     error: str
@@ -141,3 +168,16 @@ class CatalogView(_View):
     failures: list[TaskFileFailure]
     problems: list[str]
     warnings: list[str]
+
+
+class CheckReport(_View):
+    """`scheduler check --json`: whether the task files and configuration are valid."""
+
+    ok: bool
+    tasks_dir: str
+    jobs: list[str]
+    failures: list[TaskFileFailure]
+    problems: list[str]
+    warnings: list[str]
+    #: Jobs held back by an unavailable requirement (a warning: it may become available).
+    blocked: dict[str, list[str]]

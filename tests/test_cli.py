@@ -265,6 +265,22 @@ def test_list_asks_no_requirement_provider_and_check_does(
     assert marker.exists()
 
 
+def test_check_json_reports_what_the_text_does(tasks_dir: Path, write_task: WriteTask) -> None:
+    write_task("good.py", GOOD_TASK.format(job_type="good"))  # requires a wallet: no provider
+    write_task("bad.py", "raise ImportError('no wallet sdk')\n")
+    result = scheduler("check", "--json", "--tasks-dir", str(tasks_dir))
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert (report["ok"], report["jobs"]) == (False, ["good"])
+    assert report["failures"] == [
+        {"path": str(tasks_dir / "bad.py"), "error": "ImportError: no wallet sdk (line 1)"}
+    ]
+    assert list(report["blocked"]) == ["good"] and "wallet" in report["blocked"]["good"][0]
+    (tasks_dir / "bad.py").unlink()
+    fixed = scheduler("check", "--json", "--tasks-dir", str(tasks_dir))
+    assert fixed.returncode == 0 and json.loads(fixed.stdout)["ok"] is True
+
+
 def test_list_json_has_every_effective_option(tasks_dir: Path, write_task: WriteTask) -> None:
     (tasks_dir / "seed.py").write_text(
         (FIXTURES / "seed_example.py").read_text(encoding="utf-8"), encoding="utf-8"

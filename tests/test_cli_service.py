@@ -33,6 +33,37 @@ def test_run_job_retries_and_exits_1_on_failure(tmp_path: Path, tasks_dir: Path)
     assert "RuntimeError: attempt 3" in result.stdout
 
 
+def test_run_job_retries_at_once_unless_told_to_wait(tmp_path: Path, tasks_dir: Path) -> None:
+    """A developer waits for the outcome, not for a 5-minute backoff; the attempts' own clock
+    shows whether the delays were waited."""
+    body = (
+        "import time\n"
+        "with open({log!r}, 'a') as f:\n"
+        "    f.write(f'{{time.monotonic()}}\\n')\n"
+        "raise RuntimeError(f'attempt {{context.attempt}}')"
+    )
+    log = tmp_path / "attempts.log"
+    (tasks_dir / "flaky.py").write_text(
+        task_source("flaky", body.format(log=str(log)), max_retries=2, retry_delay_seconds=0.6),
+        encoding="utf-8",
+    )
+    result = run_cli("run-job", "flaky", "--json", "--tasks-dir", str(tasks_dir), cwd=tmp_path)
+    assert result.returncode == 1
+    answer = json.loads(result.stdout)
+    assert (answer["status"], answer["attempts"]) == ("failure", 3)
+    assert "RuntimeError: attempt 3" in answer["error"]
+    times = [float(line) for line in log.read_text().split()]
+    assert len(times) == 3 and times[-1] - times[0] < 0.6  # the delays (0.6 s, 1.2 s) not waited
+
+    log.unlink()
+    waited = run_cli(
+        "run-job", "flaky", "--wait-retry-delays", "--tasks-dir", str(tasks_dir), cwd=tmp_path
+    )
+    assert waited.returncode == 1 and "flaky: failure after 3 attempt(s)" in waited.stdout
+    times = [float(line) for line in log.read_text().split()]
+    assert len(times) == 3 and times[1] - times[0] >= 0.6  # jittered upwards, never shorter
+
+
 def test_run_job_honours_the_timeout(tmp_path: Path, tasks_dir: Path) -> None:
     (tasks_dir / "slow.py").write_text(
         task_source("slow", "await asyncio.sleep(60)", timeout_seconds=0.2, idempotent=False),
