@@ -17,16 +17,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
-from . import tables
 from .backends import InlineBackend
 from .catalog import JobCatalog, load_catalog, requirement_warning
 from .coordinator import NoHistory, RunCoordinator
 from .database import create_database_engine, is_sqlite, normalize_url, redact, sqlite_path
 from .errors import SchedulerError
 from .event_loop import run_on_loop
-from .history import JobHistorySummary, RunHistory
+from .history import RunHistory
 from .job_state import JobStates
 from .logs import configure_logging
 from .masking import mask_secrets
@@ -47,6 +46,7 @@ from .service import SchedulerService
 from .settings import ServiceSettings, load_settings
 from .slots import PrioritySlots
 from .status import jobs_overview
+from .stored_jobs import StoredJobs, read_stored_jobs
 from .views import RunOutcome
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -123,25 +123,27 @@ def list_command(
 ) -> None:
     """List discovered jobs, their effective settings and where overrides came from."""
     catalog = _quiet_catalog(tasks_dir, config_file, verbose)
-    settings = _settings()
-    stored = stored_next_runs(settings)
-    quarantined = stored_quarantines(settings)
+    stored = _read_only(_settings(), read_stored_jobs, StoredJobs())
     # No requirement provider is asked (a slow one would hold up a look): `check` asks them.
     jobs = list(catalog.jobs.values())
-    first = first_cron_runs(jobs, stored)  # not stored yet: its expression's next match
+    first = first_cron_runs(jobs, stored.next_runs)  # not stored yet: its expression's next match
     views = [
         view.model_copy(update={"next_run_time": first[view.job_type]})
         if view.job_type in first
         else view
-        for view in jobs_overview(catalog, stored_states(settings), stored, {}, quarantined)
+        for view in jobs_overview(catalog, stored.states, stored.next_runs, {}, stored.quarantined)
     ]
     if as_json:
         click.echo(catalog_as_json(catalog, views))
     else:
         states = {view.job_type: view.state for view in views}
-        click.echo(jobs_table(jobs, states, upcoming_runs(jobs, stored)))
+        click.echo(jobs_table(jobs, states, upcoming_runs(jobs, stored.next_runs)))
         blocked = catalog.blocked_by_dependencies()
-        lines = [*override_lines(jobs), *blocked_lines(blocked), *quarantine_lines(quarantined)]
+        lines = [
+            *override_lines(jobs),
+            *blocked_lines(blocked),
+            *quarantine_lines(stored.quarantined),
+        ]
         for line in lines:
             click.echo(line)
         _report(catalog, verbose)
@@ -519,33 +521,6 @@ def _detail_text(detail: Any) -> str:
     if isinstance(detail, list):
         return "; ".join(str(item.get("msg", item)) for item in detail if isinstance(item, dict))
     return str(detail)
-
-
-def stored_quarantines(settings: ServiceSettings) -> dict[str, str]:
-    """Quarantined jobs as the database has them ({} where there is no database yet)."""
-    none: dict[str, tuple[str | None, str, datetime | None]] = {}
-    stored = _read_only(settings, lambda engine: RunHistory(engine).quarantines(), none)
-    return {job_type: reason for job_type, (reason, _, _) in stored.items() if reason}
-
-
-def stored_states(settings: ServiceSettings) -> JobStates:
-    """Each job's latest outcome, error and success as the run history has them."""
-    none: dict[str, JobHistorySummary] = {}
-    return JobStates(_read_only(settings, lambda engine: RunHistory(engine).summaries(), none))
-
-
-def stored_next_runs(settings: ServiceSettings) -> dict[str, datetime | None]:
-    """Each stored job's next run time (None: paused), as the job store has them."""
-
-    def read(engine: Engine) -> dict[str, datetime | None]:
-        with engine.connect() as connection:
-            rows = connection.execute(select(tables.jobs.c.id, tables.jobs.c.next_run_time))
-            return {
-                job_id: None if moment is None else datetime.fromtimestamp(moment, UTC)
-                for job_id, moment in rows
-            }
-
-    return _read_only(settings, read, {})
 
 
 def _read_only(settings: ServiceSettings, read: Callable[[Engine], T], default: T) -> T:

@@ -5,6 +5,7 @@ cancel."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
@@ -41,6 +42,7 @@ from .records import (
 )
 from .settings import ServiceSettings
 from .status import Health, health_problems, jobs_overview
+from .stored_jobs import StoredJobs, read_stored_jobs
 from .views import JobView
 
 log = structlog.get_logger(__name__)
@@ -50,6 +52,8 @@ MIN_RUN_ID_PREFIX = 8
 #: How long a cancel waits for its run to end, beyond the kill grace (the supervisor looks four
 #: times a second, and the worker's replacement starts meanwhile).
 CANCEL_WAIT_MARGIN_SECONDS = 2.0
+#: How long a standby reuses what it read of the stored jobs.
+STORED_JOBS_TTL = 2.0
 
 
 class ServiceState(Protocol):
@@ -69,6 +73,7 @@ class ServiceOperations:
     def __init__(self, service: ServiceState) -> None:
         self._service = service
         self._last_failures: list[RunRecord] = []
+        self._stored, self._stored_at, self._stored_ok = StoredJobs(), -STORED_JOBS_TTL, True
 
     @property
     def metrics_registry(self) -> CollectorRegistry:
@@ -89,13 +94,32 @@ class ServiceOperations:
 
     def jobs_overview(self) -> list[JobView]:
         service, role = self._service, self._service.role
+        if role is None:  # a standby holds no schedule: it shows what the leader stored
+            stored = self._stored_jobs()
+            return jobs_overview(
+                service.catalog, stored.states, stored.next_runs, {}, stored.quarantined
+            )
         return jobs_overview(
             service.catalog,
-            role.states if role else None,
+            role.states,
             service.next_runs(),
-            role.not_loaded if role else {},
-            role.quarantine.quarantined if role else {},
+            role.not_loaded,
+            role.quarantine.quarantined,
         )
+
+    def _stored_jobs(self) -> StoredJobs:
+        """The database's view of the jobs, read at most every STORED_JOBS_TTL seconds (a
+        page refresh, a scrape and the API share one read); the last one during an outage."""
+        now = time.monotonic()
+        if now - self._stored_at >= STORED_JOBS_TTL:
+            try:
+                self._stored, self._stored_ok = read_stored_jobs(self._service.engine), True
+            except Exception as error:
+                if self._stored_ok:  # once per outage, not at every refresh
+                    log.warning("stored jobs cannot be read", error=mask_secrets(str(error)))
+                self._stored_ok = False
+            self._stored_at = now
+        return self._stored
 
     def workers(self) -> list[WorkerStatus]:
         role = self._service.role

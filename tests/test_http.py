@@ -39,6 +39,15 @@ def test_health_readiness_and_standby(services: ServiceFactory) -> None:
     wait_until(lambda: standby.get("/healthz")[0] == 200, what="standby healthz 200")
     status, body = standby.get_json("/readyz")
     assert status == 503 and body["status"] == "standby"
+    # A standby shows the jobs as the leader stored them, not "never run" and "unscheduled".
+    (seen,) = wait_until(
+        lambda: (jobs := standby.get_json("/api/jobs")[1]) and jobs[0]["last_success_at"] and jobs,
+        what="the standby to show the leader's last success",
+    )
+    assert (seen["state"], seen["last_outcome"], seen["running"]) == ("scheduled", "success", 0)
+    assert seen["next_run_time"] is not None
+    page = standby.get("/")[1].decode()
+    assert "standby" in page and "never" not in page
 
 
 def test_api_jobs_reports_state_next_run_and_latest_outcome(services: ServiceFactory) -> None:

@@ -236,6 +236,7 @@ def test_a_job_that_keeps_killing_its_worker_is_quarantined_until_resumed(
     assert doomed["state"] == "quarantined" and "ended their worker" in doomed["state_reason"]
 
     again = any_services(**env)  # a restart keeps the quarantine
+    again.wait_for_log("active: this instance runs the jobs")  # (a standby shows it too)
     wait_until(lambda: state_of(again, "doomed") == "quarantined", what="still quarantined")
     status, _ = again.post_json("/api/jobs/doomed/resume", TOKEN)
     assert status == 200
