@@ -35,6 +35,7 @@ from .quarantine import Quarantine
 from .reconcile import desired_job, reconcile
 from .records import Outcome, RunRecord, SkipReason, StartRefusal, Trigger, utcnow
 from .settings import ServiceSettings
+from .skip_summary import SkipCoalescer
 from .slots import PrioritySlots
 from .worker_pool import PoolObserver, PoolOptions, ProcessBackend
 
@@ -114,6 +115,7 @@ class ActiveRole:
             observer=observer,
             quarantine=quarantine,
             gate=functools.partial(_gate, leadership),
+            skips=SkipCoalescer(settings.skip_summary_seconds),
         )
         store = GroupedSQLAlchemyJobStore(engine, leadership.fence)
         scheduler = _scheduler(store, coordinator, loop)
@@ -340,6 +342,7 @@ def _scheduler(
                 SkipReason.MAX_INSTANCES,
                 "the job's previous runs are still going (max_concurrent reached)",
                 run_time,
+                coalesce=True,
             )
 
     scheduler.add_listener(on_max_instances, EVENT_JOB_MAX_INSTANCES)

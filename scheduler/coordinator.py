@@ -40,6 +40,7 @@ from .records import (
     summarize_error,
     utcnow,
 )
+from .skip_summary import SkipCoalescer
 from .slots import PrioritySlots
 
 log = structlog.get_logger(__name__)
@@ -169,8 +170,10 @@ class RunCoordinator:
         check_dependencies: bool = True,
         observer: RunObserver | None = None,
         gate: Callable[[], StartRefusal | None] = always_open,
+        skips: SkipCoalescer | None = None,
     ) -> None:
         self._history = history
+        self._skips = skips or SkipCoalescer(0)  # none: every skip is recorded in full
         self._states = states
         self._slots = slots
         self._backend = backend
@@ -306,7 +309,7 @@ class RunCoordinator:
             late = (utcnow() - run_time).total_seconds()
             if misfire_grace_seconds is not None and late > misfire_grace_seconds:
                 why = f"started {late:.1f}s late, past the {misfire_grace_seconds:g}s grace"
-                self.skip(job_type, SkipReason.MISFIRE, why, run_time)
+                self.skip(job_type, SkipReason.MISFIRE, why, run_time, coalesce=True)
                 continue
             if job_type in self.paused:  # paused after this run was handed over
                 self.skip(job_type, SkipReason.PAUSED, "the job is paused", run_time)
@@ -437,10 +440,16 @@ class RunCoordinator:
         trigger: Trigger = Trigger.SCHEDULE,
         *,
         quiet: bool = False,
+        coalesce: bool = False,
     ) -> RunSummary:
-        """Record a run that did not happen, and why (logged at info if `quiet`). Safe to call
-        from any thread."""
+        """Record a run that did not happen, and why (logged at info if `quiet`; if `coalesce`
+        and the job was skipped for this reason within the summary window, only counted: see
+        skip_summary). Safe to call from any thread."""
         now = utcnow()
+        if coalesce and not self._skips.admit(job_type, reason, scheduled_time):
+            self._states.skipped(job_type, reason, why, now)
+            self._observer.skipped(job_type, reason)
+            return RunSummary(run_id or new_run_id(), job_type, Outcome.SKIPPED, 0, reason, why)
         record = RunRecord(
             run_id=run_id or new_run_id(),
             attempt=1,
@@ -461,6 +470,39 @@ class RunCoordinator:
         emit("run skipped", job_type=job_type, run_id=record.run_id, reason=reason, why=why)
         return RunSummary(record.run_id, job_type, Outcome.SKIPPED, 0, reason, why)
 
+    def flush_skips(self, *, everything: bool = False) -> None:
+        """Write the skips the summary windows only counted, one row and one line per job and
+        reason, for the windows that closed (`everything`: all of them, at a stop)."""
+        for skips in self._skips.due(everything=everything):
+            span = f"from {_iso(skips.first)} until {_iso(skips.last)}"
+            why = (
+                f"{skips.count} more run(s) due {span} were skipped for the same reason "
+                f"({skips.reason}); summarised in one row"
+            )
+            now = utcnow()
+            record = RunRecord(
+                run_id=new_run_id(),
+                attempt=1,
+                job_type=skips.job_type,
+                trigger=Trigger.SCHEDULE,
+                started_at=now,
+                finished_at=now,
+                scheduled_at=skips.first,
+                instance=self._instance,
+                outcome=Outcome.SKIPPED,
+                skip_reason=skips.reason,
+                error=why,
+            )
+            self._history.recorded(record)
+            log.warning(
+                "runs skipped",
+                job_type=skips.job_type,
+                reason=skips.reason,
+                count=skips.count,
+                first_scheduled=_iso(skips.first),
+                last_scheduled=_iso(skips.last),
+            )
+
     async def drain(self, grace_seconds: float) -> int:
         """Let running runs finish for up to `grace_seconds`, then cancel the rest (recorded as
         interrupted). Runs waiting to retry end at once: their last attempt is recorded, and
@@ -474,6 +516,7 @@ class RunCoordinator:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=10)
+        self.flush_skips(everything=True)
         return len(pending)
 
     @contextlib.asynccontextmanager
@@ -835,3 +878,7 @@ def _log_end(record: RunRecord) -> None:
         error=record.error,
         dead_letter=record.dead_letter,
     )
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.isoformat() if moment else "?"

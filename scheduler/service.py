@@ -337,6 +337,8 @@ class SchedulerService:
         self._lease_paused = not valid
 
     def _beat(self, writer: HistoryWriter) -> None:
+        if self.role is not None:
+            self.role.coordinator.flush_skips()
         health = self.health
         health.heartbeat_at = time.time()
         health.scheduler_alive = self._scheduler_thread_alive()

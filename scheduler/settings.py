@@ -93,6 +93,10 @@ class ServiceSettings(BaseSettings):
     misfire_grace_seconds: PositiveInt = 60
     #: Collapse several missed runs of a job into one (order-preserving jobs never coalesce).
     coalesce: bool = True
+    #: A job skipped at `max_concurrent` (overload) gets one history row and one warning line
+    #: per this many seconds: the first skip in full, the rest counted and summarised in one
+    #: row when the window closes (the metric counts every skip). 0: a row and a line each.
+    skip_summary_seconds: NonNegativeFloat = 60.0
     #: On SIGTERM/SIGINT, how long running jobs may finish before they are cancelled.
     shutdown_grace_seconds: NonNegativeFloat = 30.0
     #: Run-history rows older than this are deleted.

@@ -387,3 +387,13 @@ class PrivateCluster:
         except subprocess.CalledProcessError:
             pass
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def metric(service: ServiceProcess, series: str) -> float:
+    """The value of one series (name and labels exactly as exported) on the service's
+    /metrics; 0 for a series not exported yet (a counter nothing has incremented)."""
+    _, body = service.get("/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
