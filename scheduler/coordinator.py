@@ -734,19 +734,75 @@ class RunCoordinator:
     async def _attempt(
         self, job: ResolvedJob, context: JobContext, trigger: Trigger, live: _LiveRun
     ) -> tuple[RunRecord, bool, bool] | None:
-        """One attempt inside a slot: its record, whether a retry may follow, and whether at
-        once (see `_attempt_in_slot`); None if an operator cancelled the run meanwhile."""
+        """One attempt: its record, whether a retry may follow, and whether at once (see
+        `_attempt_in_slot`); None if an operator cancelled the run meanwhile.
+
+        A first attempt's `running` row is committed before it waits for a slot: a slot bounds
+        bodies executing, and held through the commit (a few ms, batched) it would cap the rate
+        at max_workers per commit. A run that then waits for a slot has its row, so a process
+        that dies meanwhile leaves it to recovery rather than losing it without a trace. A
+        retry (rare, and cancellable while it waits) takes its slot first."""
         config = job.config
-        if live.started_at is None:  # a first attempt: not cancellable before it starts
-            await self._slots.acquire(config.priority)
-        elif not await self._acquire_unless_cancelled(config.priority, live):
-            return None
         token = bind_run(job.job_type, context.run_id, context.attempt)
         try:
-            return await self._attempt_in_slot(job, context, trigger, live)
+            record = self._record(job, context, trigger)
+            if live.started_at is None:  # a first attempt: not cancellable before it starts
+                refusal = await self._durable_start(record)
+                if refusal is not None:
+                    return self._refused(record, refusal), False, False
+                try:
+                    await self._slots.acquire(config.priority)
+                except asyncio.CancelledError:
+                    self._interrupted(job, record)
+                    raise
+            elif not await self._acquire_unless_cancelled(config.priority, live):
+                return None
+            else:
+                refusal = await self._durable_start(record)
+                if refusal is not None:
+                    self._slots.release()
+                    return self._refused(record, refusal), False, False
+            try:
+                refusal = self._refusal()  # the wait for a slot may have outlived the term
+                if refusal is not None:
+                    return self._refused(record, refusal), False, False
+                return await self._attempt_in_slot(job, context, trigger, live, record)
+            finally:
+                self._slots.release()
         finally:
             unbind_run(token)
-            self._slots.release()
+
+    def _record(self, job: ResolvedJob, context: JobContext, trigger: Trigger) -> RunRecord:
+        return RunRecord(
+            run_id=context.run_id,
+            attempt=context.attempt,
+            job_type=job.job_type,
+            trigger=trigger,
+            started_at=utcnow(),
+            scheduled_at=context.scheduled_time,
+            instance=self._instance,
+            params=encode_params(context.params) if context.params else None,
+        )
+
+    async def _durable_start(self, record: RunRecord) -> StartRefusal | str | None:
+        """No work untraced: None once the attempt's `running` row is committed, else why it
+        must not start."""
+        refusal = self._refusal() or await self._history.started(record)
+        return refusal or self._refusal()  # the wait for the row may have outlived the term
+
+    def _interrupted(self, job: ResolvedJob, record: RunRecord) -> None:
+        """The attempt was cut off by a stop (its row is committed): recorded `interrupted`,
+        and an idempotent job's run is run again at the next start."""
+        record.outcome = Outcome.INTERRUPTED
+        record.error = "cancelled: the scheduler was shutting down"
+        if job.config.idempotent and self._stopping.is_set():
+            record.error += "; it runs again at the next start"
+            self.cut_off.append((record.run_id, record.attempt))
+        record.finished_at = utcnow()
+        self._observer.attempt_finished(record)
+        self._observer.run_finished(job.job_type, record.outcome, False)
+        self._history.finished(record)
+        _log_end(record)
 
     async def _acquire_unless_cancelled(self, priority: int, live: _LiveRun) -> bool:
         """A slot for a retry, unless the run is cancelled first (False: no slot taken)."""
@@ -771,22 +827,13 @@ class RunCoordinator:
             self._slots.release()
 
     async def _attempt_in_slot(
-        self, job: ResolvedJob, context: JobContext, trigger: Trigger, live: _LiveRun
+        self,
+        job: ResolvedJob,
+        context: JobContext,
+        trigger: Trigger,
+        live: _LiveRun,
+        record: RunRecord,
     ) -> tuple[RunRecord, bool, bool]:
-        record = RunRecord(
-            run_id=context.run_id,
-            attempt=context.attempt,
-            job_type=job.job_type,
-            trigger=trigger,
-            started_at=utcnow(),
-            scheduled_at=context.scheduled_time,
-            instance=self._instance,
-            params=encode_params(context.params) if context.params else None,
-        )
-        refusal = self._refusal() or await self._history.started(record)  # no work untraced
-        refusal = refusal or self._refusal()  # the wait for the row may have outlived the term
-        if refusal is not None:
-            return self._refused(record, refusal), False, False
         record.started_at = utcnow()  # the body starts now: lag and duration count from here
         if context.attempt == 1:
             lag = _lag_seconds(record)
@@ -805,16 +852,7 @@ class RunCoordinator:
             else:
                 result = await self._backend.execute(job, context)
         except asyncio.CancelledError:
-            record.outcome = Outcome.INTERRUPTED
-            record.error = "cancelled: the scheduler was shutting down"
-            if job.config.idempotent and self._stopping.is_set():
-                record.error += "; it runs again at the next start"
-                self.cut_off.append((record.run_id, record.attempt))
-            record.finished_at = utcnow()
-            self._observer.attempt_finished(record)
-            self._observer.run_finished(job.job_type, record.outcome, False)
-            self._history.finished(record)
-            _log_end(record)
+            self._interrupted(job, record)
             raise
         finally:
             live.executing = False

@@ -108,6 +108,10 @@ class _Dispatch:
             self.future.set_result(result)
 
 
+def _dispatch_order(worker: _Worker) -> tuple[bool, int, float]:
+    return worker.blocked is not None, len(worker.in_flight), -worker.heard_at
+
+
 class _Worker:
     def __init__(self, index: int, process: asyncio.subprocess.Process, board: str) -> None:
         self.index = index
@@ -124,6 +128,9 @@ class _Worker:
         self.blocked_at = 0.0
         self.rss_bytes = 0
         self.spawned_at = time.monotonic()
+        #: When it last sent anything: a loop that a run blocks falls silent before the
+        #: watchdog can say so.
+        self.heard_at = self.spawned_at
 
     @property
     def pid(self) -> int:
@@ -309,9 +316,14 @@ class ProcessBackend:
 
     # Dispatch
     def _least_busy(self) -> _Worker | None:
-        """The ready worker with the fewest runs, one whose loop answers before all."""
+        """The ready worker with the fewest runs, one whose loop answers before all; of those
+        as busy, the one heard from last (one silent with a run in flight may be blocked)."""
         ready = [w for w in self._workers.values() if w.state == "ready"]
-        return min(ready, key=lambda w: (w.blocked is not None, len(w.in_flight)), default=None)
+        return min(
+            ready,
+            key=lambda w: (w.blocked is not None, len(w.in_flight), -w.heard_at),
+            default=None,
+        )
 
     def _send(self, worker: _Worker, key: int, dispatch: _Dispatch) -> None:
         # The hard deadline counts from the hand-over: time spent waiting for a worker to
@@ -363,6 +375,7 @@ class ProcessBackend:
         lines = LineBuffer()
         with contextlib.suppress(ConnectionError):
             while data := await stdout.read(2**16):
+                worker.heard_at = time.monotonic()
                 for message in lines.feed(data):
                     self._on_message(worker, message)
         code = await worker.process.wait()

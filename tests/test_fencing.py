@@ -11,6 +11,7 @@ import os
 import pickle
 import signal
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -394,6 +395,7 @@ def test_slots_missed_while_stopped_are_recorded(services: ServiceFactory, tmp_p
         connection.execute(
             text("UPDATE scheduler_jobs SET next_run_time = :t WHERE id = 'once_0'"), {"t": past}
         )
+    updated = time.monotonic()
     second = services()
     (missed,) = wait_until(
         lambda: [r for r in services.runs("once_0") if r.skip_reason == "missed"],
@@ -401,5 +403,6 @@ def test_slots_missed_while_stopped_are_recorded(services: ServiceFactory, tmp_p
         what="the missed slots recorded",
     )
     count = int(str(missed.error).split()[0])
-    assert 29 <= count <= 31, missed.error
+    # 30 slots, and one more for each second the (loaded) machine took to start the service.
+    assert 29 <= count <= 31 + time.monotonic() - updated, missed.error
     assert second.stop() == 0
