@@ -14,7 +14,7 @@ import structlog
 from scheduler.discovery import TASKS_PACKAGE
 from scheduler.registry import JobRegistry
 from scheduler.requirements import RequirementRegistry
-from tests.support import ServiceFactory, require_postgres, temporary_database
+from tests.support import PrivateCluster, ServiceFactory, require_postgres, temporary_database
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -100,6 +100,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     require_postgres()
     with temporary_database() as url:
         yield url
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
+    """A PostgreSQL server of this test's own, which it may stop and start."""
+    require_postgres()
+    cluster = PrivateCluster(tmp_path / "pg").init()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
 
 
 def _factory(tmp_path: Path, url: str, tasks_dir: Path) -> Iterator[ServiceFactory]:
