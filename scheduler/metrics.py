@@ -166,8 +166,9 @@ class SchedulerMetrics:
             series.items_failed += record.items_failed
 
     def attempt_skipped(self, job_type: str, reason: SkipReason) -> None:
+        """An attempt whose body found it must not run (a requirement): no longer in progress.
+        The skip itself is counted once, by `skipped`, when the coordinator records it."""
         self._series(job_type).in_progress -= 1
-        self.skipped(job_type, reason)
 
     def retrying(self, job_type: str) -> None:
         self.job_retries.labels(job_type).inc()

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,16 @@ from typing import Any
 import pytest
 import yaml
 
+from scheduler.records import RunRecord
 from tests.conftest import REPO_ROOT
-from tests.support import IN_CI, ServiceFactory, free_port, task_source, wait_until
+from tests.support import (
+    IN_CI,
+    ServiceFactory,
+    ServiceProcess,
+    free_port,
+    task_source,
+    wait_until,
+)
 
 DASHBOARD = REPO_ROOT / "grafana" / "dashboards" / "scheduler.json"
 ALERTS = REPO_ROOT / "prometheus" / "alerts.yml"
@@ -28,10 +37,18 @@ DRIVEN = {
     "SchedulerJobStale",
     "SchedulerTaskFilesFailing",
     "SchedulerJobQuarantined",
+    "SchedulerJobNotLoaded",
+    "SchedulerJobOverrunning",
 }
 AFTER_KILL = {"SchedulerDown", "SchedulerNoActiveInstance"}
-# Alerts a single healthy service cannot fire: the signal they compare must have data.
-SIGNAL_ONLY = {"SchedulerHeartbeatStale", "SchedulerTwoLeaders"}
+# Alerts a single healthy service cannot fire: every series they read must have data.
+SIGNAL_ONLY = {
+    "SchedulerHeartbeatStale",
+    "SchedulerTwoLeaders",
+    "SchedulerDatabaseDown",
+    "SchedulerHistoryWritesFailing",
+}
+TOKEN = "prometheus-test-token"
 
 
 def tool(name: str) -> str:
@@ -75,7 +92,9 @@ def test_dashboard_structure() -> None:
     assert len(ids) == len(set(ids))
     titles = " | ".join(panel["title"] for panel in dashboard["panels"]).lower()
     for topic in ("outcome", "failure ratio", "p50", "p95", "p99", "lag", "retries", "skipped",
-                  "in progress", "last success", "next run", "leader", "heartbeat"):  # fmt: skip
+                  "in progress", "last success", "next run", "leader", "heartbeat",
+                  "skipped runs per second by job", "overrunning", "history writer",
+                  "does not import"):  # fmt: skip
         assert topic in titles, topic
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}"
@@ -189,7 +208,17 @@ def test_every_panel_and_alert_returns_data_from_a_real_prometheus(
     services.write_task(  # ends its worker at every run: quarantined after three
         "doomed.py", task_source("doomed", "os._exit(7)", interval_seconds=0.5, max_retries=0)
     )
-    service = services()
+    services.write_task(  # one run that outlasts its interval
+        "overrun.py",
+        task_source("overrun", "await asyncio.sleep(300)", interval_seconds=1,
+                    timeout_seconds=600, idempotent=False),
+    )  # fmt: skip
+    services.write_task("fragile.py", task_source("fragile", "return []", interval_seconds=3600))
+    service = services(SCHEDULER_ADMIN_TOKEN=TOKEN)
+    services.wait_for_runs("fragile", 1)
+    services.write_task("fragile.py", "def (:\n")  # a bad deploy: stored, no longer loaded
+    service.signal(signal.SIGHUP)
+    service.wait_for_log("task files reloaded")
     prometheus = prometheus_for(f"127.0.0.1:{service.http_port}")
     wait_until(
         lambda: prometheus.query('up{job="scheduler"} == 1'), timeout=30, what="first scrape"
@@ -210,9 +239,96 @@ def test_every_panel_and_alert_returns_data_from_a_real_prometheus(
     for name in DRIVEN:
         assert wait_until(lambda n=name: prometheus.query(rules[n]), timeout=20, what=name)
     for name in SIGNAL_ONLY:
-        signal_compared = re.sub(r"\s*>\s*[\d.]+\s*$", "", rules[name].strip())
-        assert prometheus.query(signal_compared), name
+        for series in set(re.findall(r"\bscheduler_[a-z_]+", rules[name])):
+            assert prometheus.query(series), (name, series)
+
+    the_values_match_the_run_history(services, service, prometheus)
 
     service.kill()
     for name in AFTER_KILL:
         assert wait_until(lambda n=name: prometheus.query(rules[n]), timeout=20, what=name)
+
+
+Key = tuple[str, ...]
+Figures = dict[str, dict[Key, float]]
+FINAL = ("success", "failure", "timeout", "interrupted", "crashed", "cancelled")
+
+
+def history_figures(rows: list[RunRecord]) -> Figures:
+    """What the metrics must say, counted from the run history (zeros left out)."""
+    last_attempts: dict[str, RunRecord] = {}  # a run ended if its latest attempt did
+    for row in rows:
+        if row.attempt >= getattr(last_attempts.get(row.run_id), "attempt", 0):
+            last_attempts[row.run_id] = row
+    ended = [r for r in last_attempts.values() if r.outcome in FINAL]
+    successes: dict[Key, float] = {}
+    for row in rows:
+        if row.outcome == "success" and row.finished_at is not None:
+            key = (row.job_type,)
+            successes[key] = max(row.finished_at.timestamp(), successes.get(key, 0.0))
+    return {
+        "runs": dict(Counter((r.job_type, r.outcome) for r in ended)),
+        "attempts": dict(Counter((r.job_type, r.outcome) for r in rows if r.outcome in FINAL)),
+        "skips": dict(
+            Counter((r.job_type, str(r.skip_reason)) for r in rows if r.outcome == "skipped")
+        ),
+        "running": dict(Counter((r.job_type,) for r in rows if r.outcome == "running")),
+        "last_success": successes,
+    }
+
+
+def scraped_figures(prometheus: Prometheus) -> Figures:
+    """The same figures, as Prometheus holds them now (zeros left out)."""
+
+    def values(metric: str, *labels: str) -> dict[Key, float]:
+        return {
+            tuple(s["metric"][label] for label in labels): float(s["value"][1])
+            for s in prometheus.query(metric)
+            if float(s["value"][1])
+        }
+
+    return {
+        "runs": values("scheduler_job_runs_total", "job_type", "outcome"),
+        "attempts": values("scheduler_job_attempts_total", "job_type", "outcome"),
+        "skips": values("scheduler_job_skipped_total", "job_type", "reason"),
+        "running": values("scheduler_job_in_progress", "job_type"),
+        "last_success": values("scheduler_job_last_success_timestamp_seconds", "job_type"),
+    }
+
+
+def same_figures(want: Figures, got: Figures) -> bool:
+    """Counts equal; last successes within a second (the gauge is set as the row is closed)."""
+    want, got = dict(want), dict(got)
+    last_want, last_got = want.pop("last_success"), got.pop("last_success")
+    close = last_want.keys() == last_got.keys() and all(
+        abs(last_want[key] - last_got[key]) < 1.0 for key in last_want
+    )
+    return close and want == got
+
+
+def the_values_match_the_run_history(
+    services: ServiceFactory, service: ServiceProcess, prometheus: Prometheus
+) -> None:
+    """Quiet every job (paused; the long run goes on), then what Prometheus holds must equal
+    what the run history says: runs by final outcome, attempts, skips, last successes and runs
+    in progress."""
+    for job_type in ("fine", "flaky", "sleepy", "blocked", "overrun", "fragile"):
+        assert service.post_json(f"/api/jobs/{job_type}/pause", TOKEN)[0] == 200, job_type
+
+    def only_the_long_run() -> bool:
+        runs = service.get_json("/api/runs/in-progress")[1]
+        return [run["job_type"] for run in runs] == ["overrun"]
+
+    wait_until(only_the_long_run, what="every run but the long one to end")
+
+    def matches() -> bool:
+        return same_figures(history_figures(services.runs()), scraped_figures(prometheus))
+
+    try:
+        wait_until(matches, timeout=15, interval=0.5, what="the scraped values to match")
+    except AssertionError:
+        assert scraped_figures(prometheus) == history_figures(services.runs())  # the difference
+        raise
+    want = history_figures(services.runs())
+    assert want["runs"] and want["attempts"] and want["skips"] and want["last_success"]
+    assert want["running"] == {("overrun",): 1}
