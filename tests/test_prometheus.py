@@ -3,11 +3,13 @@ return data. Also checks the dashboard's structure and runs the alert rules' uni
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import shutil
 import signal
 import subprocess
+import threading
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -31,6 +33,7 @@ from tests.support import (
 
 DASHBOARD = REPO_ROOT / "grafana" / "dashboards" / "scheduler.json"
 ALERTS = REPO_ROOT / "prometheus" / "alerts.yml"
+ALERTMANAGER = REPO_ROOT / "prometheus" / "alertmanager.yml"
 # Alerts this test drives into firing; the rest are checked on the signal they compare.
 DRIVEN = {
     "SchedulerJobFailing",
@@ -51,13 +54,27 @@ SIGNAL_ONLY = {
 TOKEN = "prometheus-test-token"
 
 
-def tool(name: str) -> str:
+def tool(name: str, package: str = "prometheus") -> str:
     path = shutil.which(name)
     if path is None:
         if IN_CI:
-            pytest.fail(f"CI must have {name} (.ci/run installs Debian's prometheus package)")
-        pytest.skip(f"{name} is not installed (apt-get install prometheus)")
+            pytest.fail(f"CI must have {name} (.ci/run installs Debian's {package} package)")
+        pytest.skip(f"{name} is not installed (apt-get install {package})")
     return path
+
+
+def test_the_alertmanager_config_is_valid() -> None:
+    result = subprocess.run(
+        [tool("amtool", "prometheus-alertmanager"), "check-config", str(ALERTMANAGER)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    receivers = yaml.safe_load(ALERTMANAGER.read_text())["receivers"]
+    (webhook,) = [hook for receiver in receivers for hook in receiver["webhook_configs"]]
+    assert webhook["url"].startswith("http://alert-receiver.invalid/")  # the placeholder
+    prometheus = yaml.safe_load((ALERTS.parent / "prometheus.yml").read_text())
+    (alertmanagers,) = prometheus["alerting"]["alertmanagers"]
+    assert alertmanagers["static_configs"][0]["targets"] == ["alertmanager:9093"]
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -128,15 +145,20 @@ def test_alert_rules_pass_their_unit_tests() -> None:
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, target: str) -> None:
+    def __init__(
+        self, workdir: Path, target: str, alertmanager: str | None = None, rules: Path = ALERTS
+    ) -> None:
         self.port = free_port()
-        config = {
+        config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ALERTS)],
+            "rule_files": [str(rules)],
             "scrape_configs": [
                 {"job_name": "scheduler", "static_configs": [{"targets": [target]}]}
             ],
         }
+        if alertmanager is not None:
+            targets = [{"static_configs": [{"targets": [alertmanager]}]}]
+            config["alerting"] = {"alertmanagers": targets}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         binary = tool("prometheus")  # before the log is opened: it may skip the test
         self.log = open(workdir / "prometheus.log", "wb")
@@ -145,6 +167,8 @@ class Prometheus:
                 binary, f"--config.file={workdir / 'prometheus.yml'}",
                 f"--storage.tsdb.path={workdir / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+                # Alertmanagers are known some seconds after the start: resend soon, not in 1m.
+                "--rules.alert.resend-delay=1s",
             ],
             stdout=subprocess.DEVNULL, stderr=self.log,
         )  # fmt: skip
@@ -175,8 +199,8 @@ class Prometheus:
 def prometheus_for(tmp_path: Path) -> Iterator[Any]:
     started: list[Prometheus] = []
 
-    def start(target: str) -> Prometheus:
-        prometheus = Prometheus(tmp_path, target)
+    def start(target: str, **options: Any) -> Prometheus:
+        prometheus = Prometheus(tmp_path, target, **options)
         started.append(prometheus)
         wait_until(prometheus.ready, timeout=30, what="Prometheus to be ready")
         return prometheus
@@ -184,6 +208,70 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
     yield start
     for prometheus in started:
         prometheus.stop()
+
+
+class Webhook(http.server.ThreadingHTTPServer):
+    """A webhook receiver: keeps the alerts Alertmanager posts."""
+
+    def __init__(self) -> None:
+        self.alerts: list[dict[str, Any]] = []
+        webhook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                webhook.alerts.extend(json.loads(body)["alerts"])
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_a_firing_alert_reaches_the_webhook_through_a_real_alertmanager(
+    tmp_path: Path, prometheus_for: Any
+) -> None:
+    """The shipped Alertmanager configuration, its webhook URL pointed at a local receiver and
+    its grouping wait shortened, behind a real Prometheus whose one rule always fires."""
+    name = "prometheus-alertmanager" if shutil.which("prometheus-alertmanager") else "alertmanager"
+    binary = tool(name, "prometheus-alertmanager")
+    webhook = Webhook()
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    config["route"].update(group_wait="0s", group_interval="1s")
+    config["receivers"][0]["webhook_configs"][0]["url"] = (
+        f"http://127.0.0.1:{webhook.server_address[1]}/hook"
+    )
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    rule = {
+        "alert": "SchedulerDatabaseDown",
+        "expr": "vector(1)",
+        "labels": {"severity": "critical"},
+    }
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "always", "rules": [rule]}]}))
+    port = free_port()
+    with open(tmp_path / "alertmanager.log", "wb") as log:
+        process = subprocess.Popen(
+            [
+                binary, f"--config.file={tmp_path / 'alertmanager.yml'}",
+                f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=", "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    try:
+        prometheus_for("127.0.0.1:1", alertmanager=f"127.0.0.1:{port}", rules=rules)
+        (alert, *_) = wait_until(lambda: webhook.alerts, timeout=30, what="the webhook call")
+        assert alert["status"] == "firing"
+        assert alert["labels"]["alertname"] == "SchedulerDatabaseDown"
+    finally:
+        process.terminate()
+        process.wait(10)
+        webhook.shutdown()
+        webhook.server_close()
 
 
 def test_every_panel_and_alert_returns_data_from_a_real_prometheus(
