@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,10 +104,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def private_cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
+def private_cluster() -> Iterator[PrivateCluster]:
     """A PostgreSQL server of this test's own, which it may stop and start."""
     require_postgres()
-    cluster = PrivateCluster(tmp_path / "pg").init()
+    # Not under tmp_path: every pytest that starts resets the shared basetemp to mode 0700,
+    # and the server's unprivileged user could then no longer reach its data directory.
+    cluster = PrivateCluster(Path(tempfile.mkdtemp(prefix="taskwarden-pg-"))).init()
     cluster.start()
     try:
         yield cluster
