@@ -12,6 +12,7 @@ import asyncio
 import functools
 import gc
 import hashlib
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ from .pending import DelayedRuns, PendingStore
 from .quarantine import Quarantine
 from .reconcile import desired_job, reconcile
 from .records import Outcome, RunRecord, SkipReason, StartRefusal, Trigger, utcnow
+from .schedules import stored_schedule
 from .settings import ServiceSettings
 from .skip_summary import SkipCoalescer
 from .slots import PrioritySlots
@@ -69,6 +71,7 @@ class ActiveRole:
         not_loaded: dict[str, str],
         history: RunHistory,
         delayed: DelayedRuns,
+        not_loaded_intervals: dict[str, float | None] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.store = store
@@ -78,6 +81,8 @@ class ActiveRole:
         self.quarantine = quarantine
         #: Stored jobs whose task file failed to import, with why.
         self.not_loaded = not_loaded
+        #: Their stored intervals, where the stored trigger tells (for their metrics).
+        self.not_loaded_intervals = not_loaded_intervals or {}
         self._history = history
         #: The timers of the delayed runs (`scheduler_pending_runs`).
         self.delayed = delayed
@@ -121,6 +126,7 @@ class ActiveRole:
         scheduler = _scheduler(store, coordinator, loop)
         await asyncio.to_thread(scheduler.start, paused=True)
         not_loaded = await asyncio.to_thread(_reconcile, scheduler, settings, catalog)
+        intervals = await asyncio.to_thread(_stored_intervals, scheduler, not_loaded)
         for job_type in quarantine.quarantined:
             if job_type in store.next_run_times:
                 await asyncio.to_thread(scheduler.pause_job, job_type)
@@ -161,6 +167,7 @@ class ActiveRole:
             not_loaded=not_loaded,
             history=history,
             delayed=delayed,
+            not_loaded_intervals=intervals,
         )
         rerun = role.rerun_interrupted(interrupted, catalog)
         for record in interrupted:  # those cut off at a shutdown were counted by that process
@@ -176,6 +183,9 @@ class ActiveRole:
         self.backend.reload(_worker_files(catalog), catalog.jobs)
         self.coordinator.set_jobs(catalog.jobs, _failed_files(catalog))
         self.not_loaded = await asyncio.to_thread(_reconcile, self.scheduler, settings, catalog)
+        self.not_loaded_intervals = await asyncio.to_thread(
+            _stored_intervals, self.scheduler, self.not_loaded
+        )
         if self.quarantine.quarantined:
             stored = await asyncio.to_thread(self._history.quarantines)
             for job_type in list(self.quarantine.quarantined):
@@ -347,6 +357,16 @@ def _scheduler(
 
     scheduler.add_listener(on_max_instances, EVENT_JOB_MAX_INSTANCES)
     return scheduler
+
+
+def _stored_intervals(scheduler: Any, job_types: Iterable[str]) -> dict[str, float | None]:
+    """The interval each stored job follows, by its trigger (None: a trigger we never build)."""
+    intervals: dict[str, float | None] = {}
+    for job_type in job_types:
+        job = scheduler.get_job(job_type)
+        schedule = stored_schedule(job.trigger) if job is not None else None
+        intervals[job_type] = schedule.period_seconds if schedule is not None else None
+    return intervals
 
 
 def _reconcile(scheduler: Any, settings: ServiceSettings, catalog: JobCatalog) -> dict[str, str]:

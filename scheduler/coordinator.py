@@ -138,6 +138,7 @@ class _LiveRun:
     trigger: str
     attempt: int = 0
     started_at: datetime | None = None  # of the latest attempt; None until the first starts
+    first_started_at: datetime | None = None  # of the first attempt run here
     previous_end: datetime | None = None  # when the attempt before the latest one ended
     executing: bool = False  # an attempt's body is with the backend now
     cancelled: bool = False  # an operator asked
@@ -241,6 +242,15 @@ class RunCoordinator:
                 )
             )
         return runs
+
+    def oldest_runs(self) -> dict[str, datetime]:
+        """Each job type with runs in progress: when the oldest one's first attempt started."""
+        oldest: dict[str, datetime] = {}
+        for live in list(self._live.values()):
+            started, current = live.first_started_at, oldest.get(live.job_type)
+            if started is not None and (current is None or started < current):
+                oldest[live.job_type] = started
+        return oldest
 
     def cancel(self, run_id: str) -> bool:
         """An operator cancels `run_id`: its attempt in progress is cancelled (the backend stops
@@ -844,6 +854,7 @@ class RunCoordinator:
             log.info("run started", trigger=trigger, retry_waited_seconds=waited)
             self._observer.attempt_started(job.job_type, None, waited)
         live.attempt, live.started_at = context.attempt, record.started_at
+        live.first_started_at = live.first_started_at or record.started_at
         self._live[live.run_id] = live
         live.executing = True
         try:

@@ -171,6 +171,11 @@ class HistoryWriter:
             self._notify()
 
     @property
+    def queued(self) -> int:
+        """Rows submitted and not yet committed (or refused)."""
+        return self._submitted - self._written
+
+    @property
     def written(self) -> int:
         """The highest ticket committed so far."""
         return self._written

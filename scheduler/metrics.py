@@ -3,6 +3,10 @@
 Naming follows Prometheus practice: prefix `scheduler_`, base units, `_total` counters, the label
 `job_type` (Prometheus owns `job`), bounded label values. Every series of every discovered job
 exists from the start at 0, so "rate of failures" has data before the first failure.
+
+Only the active instance exports per-job and worker series: a standby has no runs of its own, and
+two copies of every series would double the dashboard's sums. Every instance exports its own
+health (leadership, heartbeat, database, build).
 """
 
 from __future__ import annotations
@@ -54,13 +58,19 @@ class JobStatus:
     """What the scrape-time gauges report about one job."""
 
     job_type: str
-    interval_seconds: float
+    #: None: not known (a stored job whose task file failed to import, with a trigger this
+    #: service does not build).
+    interval_seconds: float | None
     enabled: bool
     last_success: datetime | None
     next_run: datetime | None
     quarantined: bool = False
     #: Paused by an operator (stored without a next run, not by a quarantine).
     paused: bool = False
+    #: False for a stored job whose task file failed to import (its runs are skipped).
+    loaded: bool = True
+    #: How long the oldest run in progress has been going, since its first attempt (0: none).
+    oldest_run_age_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,11 @@ class ServiceStatus:
     jobs: tuple[JobStatus, ...]
     leadership_epoch: int = 0
     history_rows_dropped: int = 0
+    database_up: bool = True
+    jobstore_up: bool = True
+    history_writer_up: bool = True
+    #: Run-history rows submitted and not yet committed.
+    history_queue: int = 0
 
 
 class SchedulerMetrics:
@@ -82,16 +97,17 @@ class SchedulerMetrics:
         self,
         status: Callable[[], ServiceStatus],
         workers: Callable[[], Sequence[Any]] = list,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` doubles the output
         self.registry = CollectorRegistry()
-        r = self.registry
+        r = None  # the counters are the active role's: registered below, behind `_LeaderOnly`
         self.job_retries = Counter(
             "scheduler_job_retries", "Attempts that were followed by a retry.", ["job_type"],
             registry=r,
         )  # fmt: skip
         self.job_skips = Counter(
-            "scheduler_job_skipped", "Runs that did not happen, by reason.",
+            "scheduler_job_skipped", "Runs that did not happen, by job and reason.",
             ["job_type", "reason"], registry=r,
         )  # fmt: skip
         self.worker_exits = Counter(
@@ -107,10 +123,12 @@ class SchedulerMetrics:
         for reason in ("died", "timeout", "memory", "recycled", "cancelled"):
             self.worker_exits.labels(reason)
         self._by_job: dict[str, _AttemptSeries] = {}
-        r.register(_WorkerCollector(workers))
-        r.register(_AttemptCollector(self._by_job))
-        r.register(_StatusCollector(status))
-        ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
+        counters = (self.job_retries, self.job_skips, self.worker_exits, self.loop_blocks)
+        role = (*counters, _WorkerCollector(workers), _AttemptCollector(self._by_job))
+        self.registry.register(_LeaderOnly(role, leading))
+        self.registry.register(_StatusCollector(status))
+        # process_start_time_seconds, memory, CPU, open files
+        ProcessCollector(registry=self.registry)
 
     def initialise(self, job_types: Iterable[str]) -> None:
         """Create every series of every job at 0."""
@@ -148,8 +166,9 @@ class SchedulerMetrics:
             series.items_failed += record.items_failed
 
     def attempt_skipped(self, job_type: str, reason: SkipReason) -> None:
+        """An attempt whose body found it must not run (a requirement): no longer in progress.
+        The skip itself is counted once, by `skipped`, when the coordinator records it."""
         self._series(job_type).in_progress -= 1
-        self.skipped(job_type, reason)
 
     def retrying(self, job_type: str) -> None:
         self.job_retries.labels(job_type).inc()
@@ -287,6 +306,22 @@ class _AttemptCollector(Collector):
         yield from (duration, runs, attempts, dead_letters, lag, retry_wait, in_progress, items)
 
 
+class _LeaderOnly(Collector):
+    """The active role's series, exported only while this instance leads."""
+
+    def __init__(self, collectors: Sequence[Collector], leading: Callable[[], bool]) -> None:
+        self._collectors = collectors
+        self._leading = leading
+
+    def collect(self) -> Iterator[Metric]:
+        if self._leading():
+            for collector in self._collectors:
+                yield from collector.collect()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # nothing at registration: whether it leads is known only at a scrape
+
+
 class _StatusCollector(Collector):
     """Gauges whose values are read from the service when Prometheus scrapes."""
 
@@ -329,7 +364,27 @@ class _StatusCollector(Collector):
         )  # fmt: skip
         build.add_metric([package_version(), python_version()], 1.0)
         yield build
-        yield from _job_gauges(status.jobs)
+        health = {
+            "scheduler_database_up": (
+                "1 while the database answers the heartbeat's query, else 0.",
+                status.database_up,
+            ),
+            "scheduler_jobstore_up": (
+                "1 while the job store reads and writes the database, else 0 (on a standby, "
+                "which has none open: as the database).",
+                status.jobstore_up,
+            ),
+            "scheduler_history_writer_up": (
+                "1 while run-history writes succeed, else 0 (failing or stalled).",
+                status.history_writer_up,
+            ),
+        }
+        for name, (documentation, up) in health.items():
+            yield _gauge(name, documentation, float(up))
+        yield _gauge("scheduler_history_writer_queue",
+                     "Run-history rows waiting to be written.", status.history_queue)  # fmt: skip
+        if status.is_leader:  # a standby's copy would double every per-job sum
+            yield from _job_gauges(status.jobs)
 
 
 class _WorkerCollector(Collector):
@@ -390,6 +445,15 @@ def _job_gauges(jobs: tuple[JobStatus, ...]) -> Iterator[Metric]:
         "scheduler_job_paused": (
             "1 while an operator has the job paused (`scheduler pause`).",
             lambda j: float(j.paused),
+        ),
+        "scheduler_job_loaded": (
+            "1 if the job's task file imported; 0 for a stored job whose file failed to import.",
+            lambda j: float(j.loaded),
+        ),
+        "scheduler_job_oldest_run_age_seconds": (
+            "How long the job's oldest run in progress has been going, from the start of its "
+            "first attempt (0: none in progress).",
+            lambda j: j.oldest_run_age_seconds,
         ),
     }
     for name, (documentation, value_of) in families.items():

@@ -74,7 +74,7 @@ class SchedulerService:
             self.instance,
             settings.lease_seconds,
         )
-        self.metrics = SchedulerMetrics(self._status, self._workers)
+        self.metrics = SchedulerMetrics(self._status, self._workers, lambda: self.health.leader)
         self.metrics.initialise(catalog.jobs)
         #: Set while this instance leads (None on a standby).
         self.role: ActiveRole | None = None
@@ -92,7 +92,11 @@ class SchedulerService:
         role = self.role
         states = role.states if role else None
         quarantined = role.quarantine.quarantined if role else {}
-        return service_status(self.health, self.catalog, states, self.next_runs(), quarantined)
+        return service_status(
+            self.health, self.catalog, states, self.next_runs(), quarantined,
+            not_loaded=role.not_loaded_intervals if role else None,
+            oldest_runs=role.coordinator.oldest_runs() if role else None,
+        )  # fmt: skip
 
     def _workers(self) -> list[WorkerStatus]:
         return self.role.backend.statuses() if self.role else []
@@ -345,6 +349,7 @@ class SchedulerService:
         health.job_store_ok = self.role.store.healthy if self.role is not None else True
         health.history_ok = writer.healthy
         health.history_rows_dropped = writer.dropped
+        health.history_queued = writer.queued
         health.epoch = self.leadership.fence.epoch or 0
         workers = self._workers()
         if self.settings.execution == "inline" or any(w.state == "ready" for w in workers):

@@ -14,6 +14,7 @@ from .dependencies import disabled_dependency_reason
 from .job_config import ResolvedJob
 from .job_state import JobStates
 from .metrics import JobStatus, ServiceStatus
+from .records import utcnow
 from .views import JobSettings, JobView, Override
 
 
@@ -38,6 +39,8 @@ class Health:
     #: The leadership term held (0 on a standby), and run-history rows dropped so far.
     epoch: int = 0
     history_rows_dropped: int = 0
+    #: Run-history rows submitted and not yet committed, at the last heartbeat.
+    history_queued: int = 0
 
 
 #: How long the active instance may go without a ready worker (a restart takes well under 1 s).
@@ -168,20 +171,33 @@ def service_status(
     states: JobStates | None,
     next_runs: Mapping[str, datetime | None],
     quarantined: Mapping[str, str] | None = None,
+    *,
+    not_loaded: Mapping[str, float | None] | None = None,
+    oldest_runs: Mapping[str, datetime] | None = None,
 ) -> ServiceStatus:
+    """`not_loaded` maps each stored job whose task file failed to import to its stored
+    interval, if known; `oldest_runs` each job with runs in progress to the first attempt's
+    start of its oldest."""
+    quarantined, oldest_runs = quarantined or {}, oldest_runs or {}
+    now = utcnow()
+    known = {jt: job.config.schedule.period_seconds for jt, job in catalog.jobs.items()}
+    failed = {jt: i for jt, i in (not_loaded or {}).items() if jt not in catalog.jobs}
     jobs = tuple(
         JobStatus(
             job_type=job_type,
-            interval_seconds=job.config.schedule.period_seconds,
-            enabled=job.config.enabled,
+            interval_seconds=interval,
+            # Kept in the store means enabled when its file last imported: as far as known.
+            enabled=catalog.jobs[job_type].config.enabled if job_type in known else True,
             last_success=states.get(job_type).last_success_at if states else None,
             next_run=next_runs.get(job_type),
-            quarantined=job_type in (quarantined or {}),
+            quarantined=job_type in quarantined,
             paused=job_type in next_runs
             and next_runs[job_type] is None
-            and job_type not in (quarantined or {}),
+            and job_type not in quarantined,
+            loaded=job_type in known,
+            oldest_run_age_seconds=_age(oldest_runs.get(job_type), now),
         )
-        for job_type, job in catalog.jobs.items()
+        for job_type, interval in {**known, **failed}.items()
     )
     return ServiceStatus(
         heartbeat_timestamp=health.heartbeat_at,
@@ -191,4 +207,12 @@ def service_status(
         jobs=jobs,
         leadership_epoch=health.epoch if health.leader else 0,
         history_rows_dropped=health.history_rows_dropped,
+        database_up=health.database_ok,
+        jobstore_up=health.job_store_ok and health.database_ok,
+        history_writer_up=health.history_ok,
+        history_queue=health.history_queued,
     )
+
+
+def _age(since: datetime | None, now: datetime) -> float:
+    return max((now - since).total_seconds(), 0.0) if since is not None else 0.0

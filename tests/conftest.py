@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import structlog
 from scheduler.discovery import TASKS_PACKAGE
 from scheduler.registry import JobRegistry
 from scheduler.requirements import RequirementRegistry
-from tests.support import ServiceFactory, require_postgres, temporary_database
+from tests.support import PrivateCluster, ServiceFactory, require_postgres, temporary_database
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -100,6 +101,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     require_postgres()
     with temporary_database() as url:
         yield url
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[PrivateCluster]:
+    """A PostgreSQL server of this test's own, which it may stop and start."""
+    require_postgres()
+    # Not under tmp_path: every pytest that starts resets the shared basetemp to mode 0700,
+    # and the server's unprivileged user could then no longer reach its data directory.
+    cluster = PrivateCluster(Path(tempfile.mkdtemp(prefix="taskwarden-pg-"))).init()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
 
 
 def _factory(tmp_path: Path, url: str, tasks_dir: Path) -> Iterator[ServiceFactory]:

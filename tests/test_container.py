@@ -77,6 +77,25 @@ def test_compose_wires_the_whole_picture() -> None:
         assert path in mounts and (REPO_ROOT / path).exists(), path
     scrape = yaml.safe_load((REPO_ROOT / "prometheus/prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["job_name"] == "scheduler"  # what the alerts expect
+    alertmanager = services["alertmanager"]
+    assert re.fullmatch(r"prom/alertmanager:v\d+\.\d+\.\d+", alertmanager["image"])  # pinned
+    config = "./prometheus/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro"
+    assert config in alertmanager["volumes"]
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in alertmanager["command"]
+    (target,) = scrape["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert target == "alertmanager:9093" and "9093" in " ".join(alertmanager["ports"])
+
+
+def test_compose_publishes_on_localhost_only_and_has_no_default_password() -> None:
+    text = (REPO_ROOT / "compose.yaml").read_text()
+    services = yaml.safe_load(text)["services"]
+    published = [(name, port) for name, svc in services.items() for port in svc.get("ports", [])]
+    assert len(published) >= 4
+    for name, port in published:  # the short form only: host address, host port, container port
+        assert isinstance(port, str) and re.fullmatch(r"127\.0\.0\.1:\d+:\d+", port), (name, port)
+    password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    # Required from the environment: `${VAR:?message}` fails the start when it is unset.
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password
 
 
 @pytest.mark.timeout(300)

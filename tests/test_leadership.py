@@ -6,10 +6,7 @@ from __future__ import annotations
 import collections
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from scheduler.database import create_database_engine
 from scheduler.history import migrate
@@ -17,7 +14,6 @@ from scheduler.leadership import FileLeaderLock, LeaderLock, Leadership, Postgre
 from tests.support import (
     PrivateCluster,
     ServiceFactory,
-    require_postgres,
     task_source,
     wait_until,
 )
@@ -70,18 +66,6 @@ def test_standby_runs_nothing_and_takes_over_when_the_active_one_dies(
     )
     assert time.monotonic() - died < 10
     assert standby.stop() == 0
-
-
-@pytest.fixture
-def private_cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
-    """A PostgreSQL server of this test's own, which it may stop and start."""
-    require_postgres()
-    cluster = PrivateCluster(tmp_path / "pg").init()
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.destroy()
 
 
 def test_postgres_outage_is_survived_without_a_restart(

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scheduler.metrics import SchedulerMetrics, ServiceStatus
+from scheduler.metrics import JobStatus, SchedulerMetrics, ServiceStatus
 from scheduler.records import Outcome, RunRecord, SkipReason
-from tests.support import ServiceFactory, ServiceProcess, task_source, wait_until
+from tests.support import (
+    PrivateCluster,
+    ServiceFactory,
+    ServiceProcess,
+    task_source,
+    wait_until,
+)
 
 QUICK = "return [RunnerResult(success=True)]"
 
@@ -158,3 +165,172 @@ def test_runs_a_killed_process_left_running_are_counted_interrupted_after_recove
     labels = (("job_type", "long"), ("outcome", "interrupted"))
     assert seen[("scheduler_job_attempts_total", labels)] == 1
     assert seen[("scheduler_job_runs_total", labels)] == 1  # not idempotent: not run again
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def per_job(seen: Samples) -> set[str]:
+    """The names of the series that belong to the active role: per job, or per worker."""
+    return {
+        name
+        for name, labels in seen
+        if any(key in ("job_type", "worker") for key, _ in labels)
+        or name.startswith(("scheduler_worker", "scheduler_job_"))
+    }
+
+
+INSTANCE_SERIES = {
+    "scheduler_is_leader",
+    "scheduler_heartbeat_timestamp_seconds",
+    "scheduler_build_info",
+    "scheduler_database_up",
+    "scheduler_jobstore_up",
+    "scheduler_history_writer_up",
+    "scheduler_history_writer_queue",
+}
+
+
+def test_a_standby_exports_only_the_instance_series() -> None:
+    leading = [False]
+    job = JobStatus("tick", 60.0, True, None, None)
+    metrics = SchedulerMetrics(
+        lambda: ServiceStatus(1.0, leading[0], 0, 0.0, (job,)), leading=lambda: leading[0]
+    )
+    metrics.initialise(["tick"])
+    metrics.skipped("tick", SkipReason.MISFIRE)
+    standby = samples(metrics)
+    assert per_job(standby) == set()
+    assert INSTANCE_SERIES <= {name for name, _ in standby}
+    leading[0] = True
+    active = samples(metrics)
+    assert active[("scheduler_job_skipped_total", (("job_type", "tick"), ("reason", "misfire")))]
+    assert {"scheduler_job_runs_total", "scheduler_job_enabled", "scheduler_workers"} <= per_job(
+        active
+    )
+
+
+def test_a_job_not_loaded_keeps_its_series_as_far_as_known() -> None:
+    jobs = (
+        JobStatus("fine", 60.0, True, None, None),
+        JobStatus("gone", None, True, datetime(2026, 1, 1, tzinfo=UTC), None, loaded=False),
+    )
+    seen = samples(SchedulerMetrics(lambda: ServiceStatus(0.0, True, 0, 0.0, jobs)))
+    assert seen[("scheduler_job_loaded", (("job_type", "fine"),))] == 1
+    assert seen[("scheduler_job_loaded", (("job_type", "gone"),))] == 0
+    assert seen[("scheduler_job_enabled", (("job_type", "gone"),))] == 1
+    assert seen[("scheduler_job_last_success_timestamp_seconds", (("job_type", "gone"),))] > 0
+    assert ("scheduler_job_interval_seconds", (("job_type", "gone"),)) not in seen  # unknown
+
+
+def value_of(seen: Samples, name: str, **labels: str) -> float:
+    return seen[(name, tuple(sorted(labels.items())))]
+
+
+def test_a_stored_job_whose_task_file_fails_to_import_keeps_its_series(
+    services: ServiceFactory,
+) -> None:
+    services.write_task("fragile.py", task_source("fragile", QUICK, interval_seconds=3600))
+    services.write_task("steady.py", task_source("steady", QUICK, interval_seconds=3600))
+    first = services()
+    (success,) = services.wait_for_runs("fragile", 1)
+    assert first.stop() == 0
+    services.write_task("fragile.py", "def (:\n")  # a bad deploy: the stored job stays
+    again = services()
+    again.wait_for_log("active: this instance runs the jobs")
+    seen = scraped(again)
+    assert value_of(seen, "scheduler_job_loaded", job_type="fragile") == 0
+    assert value_of(seen, "scheduler_job_loaded", job_type="steady") == 1
+    assert value_of(seen, "scheduler_job_enabled", job_type="fragile") == 1
+    assert value_of(seen, "scheduler_job_interval_seconds", job_type="fragile") == 3600
+    assert success.finished_at is not None
+    last = value_of(seen, "scheduler_job_last_success_timestamp_seconds", job_type="fragile")
+    assert abs(last - success.finished_at.timestamp()) < 1.0
+    stored = services.stored_next_run_time("fragile")
+    assert stored is not None
+    next_run = value_of(seen, "scheduler_job_next_run_timestamp_seconds", job_type="fragile")
+    assert abs(next_run - stored) < 1e-3
+    assert value_of(seen, "scheduler_job_oldest_run_age_seconds", job_type="fragile") == 0
+
+
+def test_a_run_going_for_longer_than_its_interval_shows_its_age(
+    services: ServiceFactory,
+) -> None:
+    body = "await asyncio.sleep(60)\n" + QUICK
+    services.write_task(
+        "overrun.py",
+        task_source("overrun", body, interval_seconds=1, timeout_seconds=120, idempotent=False),
+    )
+    service = services()
+    (running,) = wait_until(
+        lambda: [r for r in services.runs("overrun") if r.outcome == "running"], what="a run"
+    )
+
+    def age() -> float:
+        return value_of(
+            scraped(service), "scheduler_job_oldest_run_age_seconds", job_type="overrun"
+        )
+
+    assert wait_until(lambda: age() > 1.5, timeout=10, what="the run to outlast its interval")
+    assert running.started_at is not None
+    expected = datetime.now(UTC).timestamp() - running.started_at.timestamp()
+    assert abs(age() - expected) < 1.0
+    skipped = (("job_type", "overrun"), ("reason", "max_instances"))
+    assert wait_until(lambda: scraped(service)[("scheduler_job_skipped_total", skipped)] >= 1)
+
+
+def test_health_series_follow_a_real_database_outage(
+    private_cluster: PrivateCluster, tmp_path: Path, tasks_dir: Path
+) -> None:
+    factory = ServiceFactory(tmp_path, private_cluster.url, tasks_dir)
+    try:
+        factory.write_task("pulse.py", task_source("pulse", QUICK, interval_seconds=0.3))
+        service = factory()
+        factory.wait_for_runs("pulse", 2)
+        names = ("scheduler_database_up", "scheduler_jobstore_up", "scheduler_history_writer_up")
+
+        def health() -> tuple[float, ...]:
+            seen = scraped(service)
+            return (
+                *(seen[(name, ())] for name in names),
+                seen[("scheduler_history_writer_queue", ())],
+            )
+
+        assert wait_until(lambda: health() == (1, 1, 1, 0), what="all up")
+        factory.engine.dispose()
+        private_cluster.stop()
+        down = wait_until(lambda: (h := health())[:3] == (0, 0, 0) and h, timeout=20,
+                          what="every health series to go 0")  # fmt: skip
+        assert down[3] > 0  # the rows of the runs that went on are queued
+        private_cluster.start()
+        assert wait_until(lambda: health() == (1, 1, 1, 0), timeout=30, what="all up again")
+    finally:
+        factory.close()
+
+
+def test_a_standby_exports_no_copy_of_the_job_series_until_it_takes_over(
+    any_services: ServiceFactory,
+) -> None:
+    """Two instances on one database (SQLite and PostgreSQL): only the leader's job series."""
+    any_services.write_task("beat.py", task_source("beat", QUICK, interval_seconds=0.3))
+    active = any_services()
+    active.wait_for_log("active: this instance runs the jobs")
+    standby = any_services()
+    standby.wait_for_log("standby: another instance is active")
+    seen = wait_until(lambda: (s := scraped(standby))[("scheduler_heartbeat_timestamp_seconds", ())]
+                      and s, what="the standby's heartbeat")  # fmt: skip
+    assert per_job(seen) == set()
+    assert INSTANCE_SERIES <= {name for name, _ in seen}
+    assert seen[("scheduler_is_leader", ())] == 0
+    health = ("scheduler_database_up", "scheduler_jobstore_up", "scheduler_history_writer_up")
+    assert [seen[(name, ())] for name in health] == [1, 1, 1]
+    leader = scraped(active)
+    assert value_of(leader, "scheduler_job_enabled", job_type="beat") == 1
+    assert [leader[(name, ())] for name in health] == [1, 1, 1]
+
+    active.kill()
+    standby.wait_for_log("active: this instance runs the jobs", timeout=15)
+    seen = scraped(standby)
+    assert seen[("scheduler_is_leader", ())] == 1
+    assert value_of(seen, "scheduler_job_enabled", job_type="beat") == 1
+    assert "scheduler_workers" in per_job(seen)
