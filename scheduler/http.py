@@ -283,14 +283,14 @@ def run_page(view: View, run_id: str) -> HTMLResponse:
     """A run's page (run_page.py), by its whole id (32 hex digits, as every table links it)."""
     run_id = run_id.strip().lower()
     if not RUN_ID.fullmatch(run_id):
-        return _not_found(f"{run_id[:64]!r} is not a run id (32 hexadecimal digits)", view)
+        return _not_found(f"{run_id[:64]!r} is not a run id (32 hexadecimal digits)")
     attempts, error = view.run_attempts(run_id)
     in_progress = next((r for r in view.runs_in_progress() if r.run_id == run_id), None)
     if error is not None and in_progress is None:
         why = f"the run history cannot be read ({error}); try again shortly"
         return HTMLResponse(message_page(why, "Run " + run_id), status_code=503)
     if not attempts and in_progress is None:
-        return _not_found(f"no run {run_id} in the run history", view)
+        return _not_found(f"no run {run_id} in the run history")
     page = render_run_page(
         run_id,
         attempts,
@@ -301,9 +301,12 @@ def run_page(view: View, run_id: str) -> HTMLResponse:
     return HTMLResponse(page)
 
 
-def _not_found(why: str, view: ServiceView) -> HTMLResponse:
-    known = ", ".join(job.job_type for job in view.jobs_overview()) or "(none)"
-    text = f"Not found: {why}. Known job types: {known}."
+def _not_found(why: str, view: ServiceView | None = None) -> HTMLResponse:
+    """The 404 page; given the view, it lists the job types there are."""
+    text = f"Not found: {why}."
+    if view is not None:
+        known = ", ".join(job.job_type for job in view.jobs_overview()) or "none"
+        text += f" Known job types: {known}."
     return HTMLResponse(message_page(text, "Not found"), status_code=404)
 
 

@@ -38,7 +38,10 @@ from .views import JobHistory, JobView, RunView
 #: How many fire times "Next runs" lists.
 NEXT_RUNS = 5
 _CHART_HEIGHT = 120
-_BAR_WIDTH, _BAR_GAP = 12, 3
+_BAR_GAP = 3
+#: Bars are this wide at most (a few runs) and at least (50 runs), in pixels.
+_BAR_WIDTHS = (40, 12)
+_CHART_WIDTH = 640
 #: The shortest bar drawn, so that a skip or an instant run still shows (and can be clicked).
 _MIN_BAR = 3
 _NOTICE_OUTCOMES = frozenset(str(outcome) for outcome in Outcome) | {"started"}
@@ -159,12 +162,14 @@ def runs_chart(runs: Sequence[RunView]) -> str:
         return ""
     ordered = list(reversed(runs))
     longest = max((r.duration_seconds or 0.0 for r in ordered), default=0.0) or 1.0
-    width = len(ordered) * (_BAR_WIDTH + _BAR_GAP) + _BAR_GAP
+    widest, narrowest = _BAR_WIDTHS
+    bar = max(narrowest, min(widest, _CHART_WIDTH // len(ordered) - _BAR_GAP))
+    width = len(ordered) * (bar + _BAR_GAP) + _BAR_GAP
     bars = []
     for index, run in enumerate(ordered):
         seconds = run.duration_seconds or 0.0
         height = max(_MIN_BAR, round(seconds / longest * (_CHART_HEIGHT - 10)))
-        x, y = _BAR_GAP + index * (_BAR_WIDTH + _BAR_GAP), _CHART_HEIGHT - height
+        x, y = _BAR_GAP + index * (bar + _BAR_GAP), _CHART_HEIGHT - height
         tip = (
             f"{stamp(run.started_at)} attempt {run.attempt}: {outcome_label(run.outcome)}"
             f"{f' ({run.skip_reason})' if run.skip_reason else ''}, {duration(seconds)}"
@@ -172,7 +177,7 @@ def runs_chart(runs: Sequence[RunView]) -> str:
         color = OUTCOME_COLORS.get(run.outcome, "#5b6375")
         bars.append(
             f'<a href="/runs/{escape(run.run_id)}"><rect class="bar {escape(run.outcome)}" '
-            f'data-run-id="{escape(run.run_id)}" x="{x}" y="{y}" width="{_BAR_WIDTH}" '
+            f'data-run-id="{escape(run.run_id)}" x="{x}" y="{y}" width="{bar}" '
             f'height="{height}" fill="{color}"><title>{escape(tip)}</title></rect></a>'
         )
     shown = sorted({r.outcome for r in ordered})

@@ -107,8 +107,11 @@ def when(moment: datetime | None, now: datetime) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S} (in {seconds:.0f}s)"
 
 
-def stamp(moment: datetime | None) -> str:
-    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}"
+def stamp(moment: datetime | None, *, precise: bool = False) -> str:
+    """A time in UTC; `precise`: to the millisecond (a run's attempts, seconds apart)."""
+    if moment is None:
+        return "-"
+    return f"{moment:%Y-%m-%d %H:%M:%S.%f}"[:-3] if precise else f"{moment:%Y-%m-%d %H:%M:%S}"
 
 
 def duration(seconds: float | None) -> str:

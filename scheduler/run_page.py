@@ -34,9 +34,9 @@ def _attempts_table(attempts: Sequence[RunView]) -> str:
         "<tr>"
         + html_cell(f'<a href="#attempt-{a.attempt}">{a.attempt}</a>')
         + cell(a.trigger)
-        + cell(stamp(a.scheduled_at))
-        + cell(stamp(a.started_at))
-        + cell(stamp(a.finished_at))
+        + cell(stamp(a.scheduled_at, precise=True))
+        + cell(stamp(a.started_at, precise=True))
+        + cell(stamp(a.finished_at, precise=True))
         + cell(duration(a.duration_seconds))
         + cell(outcome_label(a.outcome) + (" (dead letter)" if a.dead_letter else ""), a.outcome)
         + cell(a.skip_reason or "-")
