@@ -136,6 +136,9 @@ def test_job_and_run_pages_show_the_history_and_the_buttons_act(
         "leaky.py",
         task_source("leaky", LEAKY, interval_seconds=3600, max_retries=1, retry_delay_seconds=0),
     )
+    services.write_task(
+        "needy.py", task_source("needy", SLEEPY, interval_seconds=3600, requires_unicorn=True)
+    )
     service = services(SCHEDULER_ADMIN_TOKEN=TOKEN, FINE_TIMEOUT_SECONDS="45")
     services.wait_for_runs("fine", 1)
     for seconds in (0.4, 0.1, 0.8, 0.2):  # manual runs of differing lengths, for the chart
@@ -195,6 +198,16 @@ def test_job_and_run_pages_show_the_history_and_the_buttons_act(
     assert SECRET not in browser.page_source
     run_shot = screenshot(browser, tmp_path / "run_page.png")
     assert job_shot.stat().st_size > 10_000 and run_shot.stat().st_size > 10_000
+
+    # A job whose runs are skipped: its skips, with their reasons, and grey bars.
+    skipped = services.wait_for_runs("needy", 1, outcome="skipped")
+    browser.get(service.base_url + "/jobs/needy")
+    skips = table(browser, "skips")
+    assert [(row[3], row[4]) for row in skips] == [("skipped", "requirement")] * len(skipped)
+    assert "requirement 'unicorn'" in skips[0][7]
+    bars = browser.find_elements(By.CSS_SELECTOR, "#chart rect.bar")
+    assert [bar.get_attribute("class") for bar in bars] == ["bar skipped"] * len(skipped)
+    assert "blocked" in browser.find_element(By.ID, "summary").text
 
     # Pause, then Resume, with the token: the job's state and the page's notice say so.
     browser.get(service.base_url + "/jobs/fine")
