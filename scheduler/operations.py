@@ -147,9 +147,14 @@ class ServiceOperations:
         self._last_failures = records
         return records, None
 
-    def dead_letters(self, limit: int = 10) -> tuple[list[RunRecord], str | None]:
+    def dead_letters(
+        self, limit: int = 10, *, last_read: bool = False
+    ) -> tuple[list[RunRecord], str | None]:
         """The latest runs that failed after their last retry, like `recent_failures` (the
-        last ones read, and why, while the history cannot be read)."""
+        last ones read, and why, while the history cannot be read). `last_read`: the last ones
+        read, without asking the database (which just failed another read)."""
+        if last_read:
+            return self._last_dead_letters, None
         history = RunHistory(self._service.engine)
         records, error = _read(lambda: history.recent(limit=limit, dead_letter_only=True), None)
         if records is None:
