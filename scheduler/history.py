@@ -550,6 +550,13 @@ class RunHistory:
         with self._engine.connect() as connection:
             return [record_from_row(row) for row in connection.execute(query)]
 
+    def attempts(self, run_id: str) -> list[RunRecord]:
+        """Every attempt of the run `run_id` (the whole id), first attempt first; empty if the
+        history has none."""
+        query = select(runs).where(runs.c.run_id == run_id).order_by(runs.c.attempt, runs.c.id)
+        with self._engine.connect() as connection:
+            return [record_from_row(row) for row in connection.execute(query)]
+
     def summaries(self) -> dict[str, JobHistorySummary]:
         """Each job's latest finished outcome and latest success."""
         finished = [str(outcome) for outcome in FINISHED]

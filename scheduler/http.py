@@ -34,12 +34,15 @@ from .errors import (
     UnknownJobTypeError,
     UnknownRunError,
 )
+from .job_page import JobNotice, render_job_page
 from .metrics import package_version
+from .page_html import RUN_ID, job_url, message_page
 from .params import MAX_PARAMS_BYTES, ParamsError, ParamsTooLarge, encode_params
 from .pending import PendingRun
 from .records import RunCancellation, RunInProgress, RunRecord, RunSummary, WorkerStatus, utcnow
-from .status_page import render_message_page, render_status_page
-from .views import JobStateName, JobView, RunOutcome, RunView
+from .run_page import render_run_page
+from .status_page import render_status_page
+from .views import JobHistory, JobStateName, JobView, RunOutcome, RunView
 
 
 class ServiceView(Protocol):
@@ -56,6 +59,11 @@ class ServiceView(Protocol):
     def workers(self) -> list[WorkerStatus]: ...
     def runs(self, job_type: str | None, limit: int, offset: int) -> list[RunRecord]: ...
     def recent_failures(self, limit: int = 10) -> tuple[list[RunRecord], str | None]: ...
+    def dead_letters(
+        self, limit: int = 10, *, last_read: bool = False
+    ) -> tuple[list[RunRecord], str | None]: ...
+    def job_history(self, job_type: str, limit: int = 50) -> JobHistory: ...
+    def run_attempts(self, run_id: str) -> tuple[list[RunView], str | None]: ...
     def task_file_failures(self) -> list[tuple[str, str]]: ...
     async def run_now(
         self, job_type: str, params: Mapping[str, Any] | None = None
@@ -220,19 +228,116 @@ def status_page(
     outcome: Annotated[str | None, Query(max_length=16)] = None,
 ) -> HTMLResponse:
     failures, history_error = view.recent_failures()
+    # In an outage one read that fails is enough: a second would double the page's wait.
+    dead_letters, _ = view.dead_letters(last_read=history_error is not None)
     page = render_status_page(
         view.jobs_overview(),
         view.health_problems(),
         view.is_leader,
-        failures,
+        [RunView.of(record) for record in failures],
         [dataclasses.asdict(worker) for worker in view.workers()],
         in_progress=view.runs_in_progress(),
         refresh=refresh != "off",
         cancelled=(cancelled, outcome) if cancelled else None,
         broken_files=view.task_file_failures(),
         history_error=history_error,
+        dead_letters=[RunView.of(record) for record in dead_letters],
+        writes_enabled=bool(view.admin_token),
     )
     return HTMLResponse(page)
+
+
+#: How many of a job's latest attempts its page shows (table and chart).
+JOB_PAGE_RUNS = 50
+_Short = Annotated[str | None, Query(max_length=64)]
+
+
+@reads.get("/jobs/{job_type}", response_class=HTMLResponse, include_in_schema=False)
+def job_page(
+    view: View,
+    job_type: str,
+    done: _Short = None,
+    ran: _Short = None,
+    outcome: _Short = None,
+    skip: _Short = None,
+) -> HTMLResponse:
+    """A job's page (job_page.py); the query is what an action's redirect says about it."""
+    job = next((j for j in view.jobs_overview() if j.job_type == job_type), None)
+    if job is None:
+        return _not_found(f"no job {job_type!r}", view)
+    try:
+        history = view.job_history(job_type, JOB_PAGE_RUNS)
+    except UnknownJobTypeError as error:  # gone between the two looks (a reload)
+        return _not_found(str(error), view)
+    notice = JobNotice(done, ran, outcome, skip) if done or ran else None
+    page = render_job_page(
+        job,
+        history,
+        leader=view.is_leader,
+        writes_enabled=bool(view.admin_token),
+        in_progress=[r for r in view.runs_in_progress() if r.job_type == job_type],
+        notice=notice,
+    )
+    return HTMLResponse(page)
+
+
+@reads.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
+def run_page(view: View, run_id: str) -> HTMLResponse:
+    """A run's page (run_page.py), by its whole id (32 hex digits, as every table links it)."""
+    run_id = run_id.strip().lower()
+    if not RUN_ID.fullmatch(run_id):
+        return _not_found(f"{run_id[:64]!r} is not a run id (32 hexadecimal digits)")
+    attempts, error = view.run_attempts(run_id)
+    in_progress = next((r for r in view.runs_in_progress() if r.run_id == run_id), None)
+    if error is not None and in_progress is None:
+        why = f"the run history cannot be read ({error}); try again shortly"
+        return HTMLResponse(message_page(why, "Run " + run_id), status_code=503)
+    if not attempts and in_progress is None:
+        return _not_found(f"no run {run_id} in the run history")
+    page = render_run_page(
+        run_id,
+        attempts,
+        in_progress=in_progress,
+        writes_enabled=bool(view.admin_token),
+        history_error=error,
+    )
+    return HTMLResponse(page)
+
+
+def _not_found(why: str, view: ServiceView | None = None) -> HTMLResponse:
+    """The 404 page; given the view, it lists the job types there are."""
+    text = f"Not found: {why}."
+    if view is not None:
+        known = ", ".join(job.job_type for job in view.jobs_overview()) or "none"
+        text += f" Known job types: {known}."
+    return HTMLResponse(message_page(text, "Not found"), status_code=404)
+
+
+async def _form_token(request: Request) -> str | HTMLResponse:
+    """The admin token a status page form posted, or the page refusing a form too large."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return _message(413, "the form sent too much")
+    form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+    return (form.get("token") or [""])[0]
+
+
+async def _form_refusal(
+    view: ServiceView, request: Request, verb: str, back: str = "/"
+) -> HTMLResponse | None:
+    """The page refusing a form whose token is missing or wrong (or when writes are off)."""
+    token = await _form_token(request)
+    if isinstance(token, HTMLResponse):
+        return token
+    refusal = _token_refusal(view, token)
+    if refusal is None:
+        return None
+    status, why = refusal
+    return _message(
+        status, "the admin token is missing or wrong" if status == 401 else why, verb, back
+    )
 
 
 @reads.post(
@@ -244,16 +349,9 @@ def status_page(
 async def cancel_run_form(view: View, request: Request, run_id: str) -> Response:
     """The status page's form (no JavaScript): the admin token comes in the form body, and a
     cancel redirects (303) back to the page, which says what happened."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            return _message(413, "the form sent too much")
-    form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
-    refusal = _token_refusal(view, (form.get("token") or [""])[0])
-    if refusal is not None:
-        status, why = refusal
-        return _message(status, "the admin token is missing or wrong" if status == 401 else why)
+    refused = await _form_refusal(view, request, "cancelled")
+    if refused is not None:
+        return refused
     try:
         result = await view.cancel_run(run_id)
     except (RunNotInProgressError, UnknownJobTypeError) as error:
@@ -266,8 +364,63 @@ async def cancel_run_form(view: View, request: Request, run_id: str) -> Response
     return RedirectResponse(f"/?{query}", status_code=303)
 
 
-def _message(status: int, text: str) -> HTMLResponse:
-    return HTMLResponse(render_message_page(f"Not cancelled: {text}"), status_code=status)
+@reads.post("/jobs/{job_type}/run", response_class=HTMLResponse, include_in_schema=False)
+async def run_now_form(view: View, request: Request, job_type: str) -> Response:
+    """The job page's Run now button: runs it (waiting a few seconds for its outcome, as the
+    API does) and redirects back to the job page, which says how it went."""
+    back = job_url(job_type)
+    refused = await _form_refusal(view, request, "run", back)
+    if refused is not None:
+        return refused
+    try:
+        result = await view.run_now(job_type)
+    except UnknownJobTypeError as error:
+        return _message(404, str(error), "run", back)
+    except NotActiveError as error:
+        return _message(409, str(error), "run", back)
+    except ParamsRejected as error:  # its params model has required fields: the API can pass
+        return _message(422, f"its params are required ({error})", "run", back)
+    except ParamsUnverifiable as error:
+        return _message(503, str(error), "run", back)
+    if isinstance(result, str):
+        query = {"ran": result, "outcome": "started"}
+    else:
+        query = {"ran": result.run_id, "outcome": str(result.outcome)}
+        if result.skip_reason:
+            query["skip"] = str(result.skip_reason)
+    return RedirectResponse(f"{back}?{urllib.parse.urlencode(query)}", status_code=303)
+
+
+@reads.post("/jobs/{job_type}/pause", response_class=HTMLResponse, include_in_schema=False)
+async def pause_form(view: View, request: Request, job_type: str) -> Response:
+    return await _set_paused_form(view, request, job_type, paused=True)
+
+
+@reads.post("/jobs/{job_type}/resume", response_class=HTMLResponse, include_in_schema=False)
+async def resume_form(view: View, request: Request, job_type: str) -> Response:
+    return await _set_paused_form(view, request, job_type, paused=False)
+
+
+async def _set_paused_form(
+    view: ServiceView, request: Request, job_type: str, *, paused: bool
+) -> Response:
+    """The job page's Pause and Resume buttons: the same calls as the API's, then back to the
+    job page, which says what was done."""
+    verb, back = ("paused" if paused else "resumed"), job_url(job_type)
+    refused = await _form_refusal(view, request, verb, back)
+    if refused is not None:
+        return refused
+    try:
+        await (view.pause(job_type) if paused else view.resume(job_type))
+    except UnknownJobTypeError as error:
+        return _message(404, str(error), verb, back)
+    except NotActiveError as error:
+        return _message(409, str(error), verb, back)
+    return RedirectResponse(f"{back}?done={verb}", status_code=303)
+
+
+def _message(status: int, text: str, verb: str = "cancelled", back: str = "/") -> HTMLResponse:
+    return HTMLResponse(message_page(f"Not {verb}: {text}", back=back), status_code=status)
 
 
 @reads.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -43,7 +43,7 @@ from .records import (
 from .settings import ServiceSettings
 from .status import Health, health_problems, jobs_overview
 from .stored_jobs import StoredJobs, read_stored_jobs
-from .views import JobView
+from .views import JobHistory, JobView, RunView
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +54,11 @@ MIN_RUN_ID_PREFIX = 8
 CANCEL_WAIT_MARGIN_SECONDS = 2.0
 #: How long a standby reuses what it read of the stored jobs.
 STORED_JOBS_TTL = 2.0
+#: How many of its latest skips and dead letters a job's page shows.
+JOB_PAGE_SKIPS = 20
+JOB_PAGE_DEAD_LETTERS = 20
+
+T = TypeVar("T")
 
 
 class ServiceState(Protocol):
@@ -74,6 +79,7 @@ class ServiceOperations:
         self._service = service
         self._last_failures: list[RunRecord] = []
         self._stored, self._stored_at, self._stored_ok = StoredJobs(), -STORED_JOBS_TTL, True
+        self._last_dead_letters: list[RunRecord] = []
 
     @property
     def metrics_registry(self) -> CollectorRegistry:
@@ -134,12 +140,53 @@ class ServiceOperations:
         """The latest failed attempts, and None; or, while the history cannot be read (a
         database outage), the last ones read and why (the status page must still answer)."""
         failed = [str(Outcome.FAILURE), str(Outcome.TIMEOUT), str(Outcome.CRASHED)]
-        try:
-            records = RunHistory(self._service.engine).recent(limit=limit, outcomes=failed)
-        except Exception as error:
-            return self._last_failures, mask_secrets(str(error).splitlines()[0])
+        history = RunHistory(self._service.engine)
+        records, error = _read(lambda: history.recent(limit=limit, outcomes=failed), None)
+        if records is None:
+            return self._last_failures, error
         self._last_failures = records
         return records, None
+
+    def dead_letters(
+        self, limit: int = 10, *, last_read: bool = False
+    ) -> tuple[list[RunRecord], str | None]:
+        """The latest runs that failed after their last retry, like `recent_failures` (the
+        last ones read, and why, while the history cannot be read). `last_read`: the last ones
+        read, without asking the database (which just failed another read)."""
+        if last_read:
+            return self._last_dead_letters, None
+        history = RunHistory(self._service.engine)
+        records, error = _read(lambda: history.recent(limit=limit, dead_letter_only=True), None)
+        if records is None:
+            return self._last_dead_letters, error
+        self._last_dead_letters = records
+        return records, None
+
+    def job_history(self, job_type: str, limit: int = 50) -> JobHistory:
+        """The job's latest attempts, skips and dead letters, for its status page."""
+        self._known(job_type)
+        history = RunHistory(self._service.engine)
+
+        def read() -> JobHistory:
+            skipped = [str(Outcome.SKIPPED)]
+            return JobHistory(
+                runs=_views(history.recent(job_type, limit=limit)),
+                skips=_views(history.recent(job_type, limit=JOB_PAGE_SKIPS, outcomes=skipped)),
+                dead_letters=_views(
+                    history.recent(job_type, limit=JOB_PAGE_DEAD_LETTERS, dead_letter_only=True)
+                ),
+            )
+
+        found, error = _read(read, None)
+        return found or JobHistory(runs=[], error=error)
+
+    def run_attempts(self, run_id: str) -> tuple[list[RunView], str | None]:
+        """Every attempt of the run `run_id` (its whole id), first first; empty if the history
+        has none, and why while it cannot be read."""
+        history = RunHistory(self._service.engine)
+        none: list[RunRecord] = []
+        records, error = _read(lambda: history.attempts(run_id), none)
+        return _views(records), error
 
     def task_file_failures(self) -> list[tuple[str, str]]:
         """(path, error) of each task file that failed to import, at start-up or reload."""
@@ -281,3 +328,17 @@ class ServiceOperations:
         if not self._service.health.leader or role is None:
             raise NotActiveError("this instance is a standby; ask the active instance")
         return role
+
+
+def _read(read: Callable[[], T], fallback: T) -> tuple[T, str | None]:
+    """What `read` returns and None; or, if it raised (the history cannot be read: a database
+    outage), `fallback` and why, masked (a page must still answer, and say why it is short)."""
+    try:
+        return read(), None
+    except Exception as error:
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        return fallback, mask_secrets(first)
+
+
+def _views(records: list[RunRecord]) -> list[RunView]:
+    return [RunView.of(record) for record in records]

@@ -155,6 +155,17 @@ class RunOutcome(_View):
         )
 
 
+class JobHistory(_View):
+    """What the run history holds of one job, for its status page, newest first: its latest
+    attempts, skips and dead letters; `error`: why the history could not be read just now
+    (the lists are empty then)."""
+
+    runs: list[RunView]
+    skips: list[RunView] = []
+    dead_letters: list[RunView] = []
+    error: str | None = None
+
+
 class TaskFileFailure(_View):
     path: str
     error: str

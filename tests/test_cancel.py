@@ -743,7 +743,8 @@ def test_cancel_from_the_status_page_form(services: ServiceFactory) -> None:
     assert form.group(1) == f"/runs/{run_id}/cancel"
     assert '<input type="password" name="token"' in form.group(2)
     assert '<button type="submit">Cancel</button>' in form.group(2)
-    assert f"<td>{run_id}</td>" in html and f"<td>{run['worker_pid']}</td>" in html
+    assert f'<td><a href="/runs/{run_id}">{run_id}</a></td>' in html  # its page, by its whole id
+    assert f"<td>{run['worker_pid']}</td>" in html
     assert '<meta http-equiv="refresh"' not in service.get("/?refresh=off")[1].decode()
 
     status, _, body = post_form(service, form.group(1), {"token": "wrong"})
