@@ -869,6 +869,7 @@ class RunCoordinator:
             live.executing = False
         record.finished_at = utcnow()
         record.outcome, record.error = result.outcome, result.error
+        record.traceback = result.traceback
         if result.outcome == Outcome.SKIPPED:
             record.skip_reason = result.skip_reason
             self._observer.attempt_skipped(job.job_type, SkipReason(str(result.skip_reason)))

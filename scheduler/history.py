@@ -93,7 +93,7 @@ def record_from_row(row: Any) -> RunRecord:
 
 
 _FINAL_FIELDS = ("finished_at", "outcome", "skip_reason", "error", "items_succeeded",
-                 "items_failed", "dead_letter")  # fmt: skip
+                 "items_failed", "dead_letter", "traceback")  # fmt: skip
 
 
 class HistoryWriter:

@@ -42,7 +42,7 @@ from .pending import PendingRun
 from .records import RunCancellation, RunInProgress, RunRecord, RunSummary, WorkerStatus, utcnow
 from .run_page import render_run_page
 from .status_page import render_status_page
-from .views import JobHistory, JobStateName, JobView, RunOutcome, RunView
+from .views import HealthReport, JobHistory, JobStateName, JobView, RunOutcome, RunView
 
 
 class ServiceView(Protocol):
@@ -428,11 +428,21 @@ def metrics(view: View) -> Response:  # sync: FastAPI runs it in a thread, off t
     return Response(generate_latest(view.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@reads.get("/healthz", summary="200 while the service is alive and its database answers")
+@reads.get(
+    "/healthz",
+    summary="200 while the service is alive and its database answers (`degraded`: some task "
+    "files fail to import), else 503 with the problems",
+    responses={200: {"model": HealthReport}, 503: {"model": HealthReport}},
+)
 def healthz(view: View) -> JSONResponse:
     problems = view.health_problems()
-    body = {"status": "unhealthy" if problems else "ok", "problems": problems}
-    return JSONResponse(body, status_code=503 if problems else 200)
+    # A broken task file degrades the service but is no reason to restart it (a restart does
+    # not fix the file, and the other jobs run): 200, with what is wrong.
+    broken = view.task_file_failures()
+    warnings = [f"task file {path} fails to import: {why}" for path, why in broken]
+    status = "unhealthy" if problems else "degraded" if warnings else "ok"
+    body = HealthReport(status=status, problems=problems, warnings=warnings)
+    return JSONResponse(body.model_dump(), status_code=503 if problems else 200)
 
 
 @reads.get("/readyz", summary="200 on the active instance, 503 on a standby")

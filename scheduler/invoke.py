@@ -17,7 +17,14 @@ from .base import JobContext, RunnerResult
 from .errors import NonRetryableError
 from .masking import register_secret
 from .params import ParamsProblem, validate_params
-from .records import CANCELLED_BY_OPERATOR, BodyResult, Outcome, SkipReason, summarize_error
+from .records import (
+    CANCELLED_BY_OPERATOR,
+    BodyResult,
+    Outcome,
+    SkipReason,
+    summarize_error,
+    traceback_text,
+)
 from .registry import JobRegistry
 from .requirements import RequirementRegistry, RequirementUnavailable
 
@@ -157,7 +164,7 @@ def _result_of(body: asyncio.Future[Any]) -> BodyResult:
     if isinstance(error, _TaskExited):  # ends this attempt only, never the process
         return BodyResult(Outcome.FAILURE, str(error))
     log.error("run raised", exc_info=error)
-    return BodyResult(Outcome.FAILURE, summarize_error(error))
+    return BodyResult(Outcome.FAILURE, summarize_error(error), traceback=traceback_text(error))
 
 
 def counted(results: object) -> BodyResult:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -14,6 +15,8 @@ from enum import StrEnum
 from .masking import mask_secrets
 
 ERROR_SUMMARY_LIMIT = 2000
+#: A stored traceback keeps its last this many characters (where the error was raised).
+TRACEBACK_LIMIT = 8000
 #: Ends the error of a `crashed` attempt whose body was not executing when its worker died:
 #: another run's doing (it does not count toward quarantine).
 NOT_EXECUTING_MARK = "(this run was not executing)"
@@ -90,6 +93,15 @@ def summarize_error(error: BaseException | str) -> str:
     return clean_text(text)
 
 
+def traceback_text(error: BaseException) -> str:
+    """The traceback as Python prints it, without frame locals (a local may hold a secret),
+    masked, its last TRACEBACK_LIMIT characters (the frames nearest the raise)."""
+    text = "".join(traceback.format_exception(error))
+    if len(text) > TRACEBACK_LIMIT:
+        text = "…" + text[-(TRACEBACK_LIMIT - 1) :]
+    return clean_text(text, TRACEBACK_LIMIT)
+
+
 def clean_text(text: str, limit: int = ERROR_SUMMARY_LIMIT) -> str:
     """`text` as both databases store it, cut to `limit` characters: secrets masked
     (masking.py), NUL escaped (PostgreSQL's text cannot hold it) and lone surrogates escaped (a
@@ -142,6 +154,8 @@ class RunRecord:
     dead_letter: bool = False
     #: The run's params as compact JSON (None: none given), so that a re-run gets them too.
     params: str | None = None
+    #: A failed attempt's traceback (masked, no frame locals; see `traceback_text`).
+    traceback: str | None = None
     id: int | None = field(default=None, compare=False)
 
     @property
@@ -182,11 +196,14 @@ class BodyResult:
     #: The attempt ended its worker process (it died, or was killed because of this attempt):
     #: what counts toward quarantine.
     killed_worker: bool = False
+    #: Where the body raised (see `traceback_text`), for a failure that raised.
+    traceback: str | None = None
 
     def as_data(self) -> dict[str, object]:
         return {
             "outcome": str(self.outcome),
             "error": self.error,
+            "tb": self.traceback,
             "ok": self.items_succeeded,
             "failed": self.items_failed,
             "retryable": self.retryable,
@@ -203,6 +220,7 @@ class BodyResult:
             items_failed=int(data.get("failed", 0)),  # type: ignore[call-overload]
             retryable=bool(data.get("retryable", True)),
             skip_reason=None if skip is None else SkipReason(str(skip)),
+            traceback=None if data.get("tb") is None else str(data["tb"]),
         )
 
 

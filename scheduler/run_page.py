@@ -63,6 +63,11 @@ def _errors_section(attempts: Sequence[RunView]) -> str:
             f'<span class="{escape(a.outcome)}">{escape(outcome_label(a.outcome))}</span></h3>\n'
             f'<pre class="error" id="error-{a.attempt}">{escape(text)}</pre>'
         )
+        if a.traceback:  # masked when stored; masked again, as everything shown is
+            parts.append(
+                f'<details open><summary>Traceback</summary><pre class="traceback" '
+                f'id="traceback-{a.attempt}">{escape(mask_secrets(a.traceback))}</pre></details>'
+            )
     return "\n".join(parts)
 
 
@@ -106,6 +111,7 @@ def render_run_page(
 <h2>Attempts</h2>
 {_attempts_table(attempts)}
 <h2>Errors</h2>
-<p class="muted">Each attempt's error text as the history keeps it (secrets masked).</p>
+<p class="muted">Each attempt's error text, and where it raised, as the history keeps them
+(secrets masked, no local variables).</p>
 {_errors_section(attempts)}"""
     return page(f"Run {run_id}", body)

@@ -51,6 +51,7 @@ runs = Table(
     Column("instance", String(255), nullable=False),
     Column("rerun_pending", Boolean, nullable=False, server_default=false()),
     Column("params", Text, nullable=True),  # migration 0004
+    Column("traceback", Text, nullable=True),  # migration 0005
     UniqueConstraint("run_id", "attempt", name="uq_scheduler_runs_run_attempt"),
     Index("ix_scheduler_runs_job_type_id", "job_type", "id"),
     Index("ix_scheduler_runs_outcome", "outcome"),

@@ -105,6 +105,8 @@ class RunView(_View):
     dead_letter: bool
     instance: str
     params: dict[str, Any] | None
+    #: Where a failed attempt raised: the traceback, masked and without frame locals.
+    traceback: str | None
 
     @classmethod
     def of(cls, record: RunRecord) -> RunView:
@@ -125,6 +127,7 @@ class RunView(_View):
             dead_letter=record.dead_letter,
             instance=record.instance,
             params=decode_params(record.params) if record.params else None,
+            traceback=record.traceback,
         )
 
 
@@ -164,6 +167,15 @@ class JobHistory(_View):
     skips: list[RunView] = []
     dead_letters: list[RunView] = []
     error: str | None = None
+
+
+class HealthReport(_View):
+    """`/healthz`: `unhealthy` (503) with the problems, else `ok` or `degraded` (200) with
+    what is wrong that a restart would not fix (task files that fail to import)."""
+
+    status: Literal["ok", "degraded", "unhealthy"]
+    problems: list[str]
+    warnings: list[str]
 
 
 class TaskFileFailure(_View):

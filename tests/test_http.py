@@ -27,7 +27,7 @@ def test_health_readiness_and_standby(services: ServiceFactory) -> None:
     active.wait_for_log("active: this instance runs the jobs")
     wait_until(lambda: active.get("/healthz")[0] == 200, what="healthz 200")
     status, body = active.get_json("/healthz")
-    assert body == {"status": "ok", "problems": []}
+    assert body == {"status": "ok", "problems": [], "warnings": []}
     assert active.get_json("/readyz") == (200, {"status": "active"})
     status, schema = active.get_json("/openapi.json")
     assert (
@@ -48,6 +48,21 @@ def test_health_readiness_and_standby(services: ServiceFactory) -> None:
     assert seen["next_run_time"] is not None
     page = standby.get("/")[1].decode()
     assert "standby" in page and "never" not in page
+
+
+def test_healthz_says_degraded_while_a_task_file_fails_to_import(services: ServiceFactory) -> None:
+    services.write_task("tick.py", task_source("tick", QUICK, interval_seconds=3600))
+    services.write_task("broken.py", "raise ImportError('no such sdk')\n")
+    service = services()
+    service.wait_for_log("active: this instance runs the jobs")
+    status, body = wait_until(
+        lambda: (answer := service.get_json("/healthz"))[0] == 200 and answer,
+        what="healthz 200",
+    )
+    # Alive (a restart would not fix the file, and the other jobs run), but not all well.
+    assert body["status"] == "degraded" and body["problems"] == []
+    (warning,) = body["warnings"]
+    assert "broken.py fails to import: ImportError: no such sdk" in warning
 
 
 def test_api_jobs_reports_state_next_run_and_latest_outcome(services: ServiceFactory) -> None:

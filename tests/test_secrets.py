@@ -3,6 +3,7 @@ every path a task can put them on, and every output of the real service is searc
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -85,8 +86,10 @@ def test_no_planted_secret_reaches_any_output(
     for path in ("/", "/api/jobs", "/metrics", "/api/workers", "/healthz"):
         outputs[path] = service.get(path)[1].decode()
     for job_type in ("leaky", "local", "chatty"):
-        path = f"/api/jobs/{job_type}/runs"
-        outputs[path] = service.get(path)[1].decode()
+        for path in (f"/api/jobs/{job_type}/runs", f"/jobs/{job_type}"):
+            outputs[path] = service.get(path)[1].decode()
+        for row in services.runs(job_type):  # the run page shows its traceback
+            outputs[f"/runs/{row.run_id}"] = service.get(f"/runs/{row.run_id}")[1].decode()
     assert service.stop() == 0
     outputs["log"] = service.log_text()  # the shutdown's lines too
     env = {"SCHEDULER_DATABASE_URL": url}
@@ -107,6 +110,11 @@ def test_no_planted_secret_reaches_any_output(
     assert "api_key=***" in runs
     assert "the API refused ***" in outputs["/api/jobs/leaky/runs"]
     assert "RuntimeError: boom" in outputs["log"]  # the traceback is logged, its locals not
+    (local_run,) = services.runs("local")
+    traceback = json.loads(outputs["/api/jobs/local/runs"])["runs"][0]["traceback"]
+    assert traceback.startswith("Traceback (most recent call last):")  # stored, and shown
+    assert traceback.rstrip().splitlines()[-1] == local_run.error  # "RuntimeError: boom: 40"
+    assert "Traceback (most recent call last)" in outputs[f"/runs/{local_run.run_id}"]
 
 
 def _around(text: str, secret: str) -> str:

@@ -195,6 +195,9 @@ def test_job_and_run_pages_show_the_history_and_the_buttons_act(
     error = browser.find_element(By.CSS_SELECTOR, "pre#error-2").text
     assert error == leaky[-1].error
     assert "postgresql://reporter:***@db.internal/reports" in error
+    traceback = browser.find_element(By.CSS_SELECTOR, "pre#traceback-2").text
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert "leaky.py" in traceback and traceback.endswith(error)  # where it raised, masked
     assert SECRET not in browser.page_source
     run_shot = screenshot(browser, tmp_path / "run_page.png")
     assert job_shot.stat().st_size > 10_000 and run_shot.stat().st_size > 10_000
