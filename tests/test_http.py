@@ -55,7 +55,7 @@ def test_healthz_says_degraded_while_a_task_file_fails_to_import(services: Servi
     services.write_task("broken.py", "raise ImportError('no such sdk')\n")
     service = services()
     service.wait_for_log("active: this instance runs the jobs")
-    status, body = wait_until(
+    _, body = wait_until(
         lambda: (answer := service.get_json("/healthz"))[0] == 200 and answer,
         what="healthz 200",
     )

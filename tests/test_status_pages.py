@@ -332,6 +332,7 @@ def test_pages_escape_everything_and_say_only_what_a_redirect_could() -> None:
         started_at=moment, finished_at=moment, duration_seconds=0.0, outcome="failure",
         skip_reason=None, error=f"{hostile} password={SECRET}", items_succeeded=0,
         items_failed=0, dead_letter=True, instance=hostile, params={"token": SECRET},
+        traceback=f"Traceback (most recent call last):\n  {hostile}\nValueError: password={SECRET}",
     )  # fmt: skip
     job = view_of(
         description=hostile,
