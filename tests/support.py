@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -397,3 +399,34 @@ def metric(service: ServiceProcess, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def system_tool(name: str, package: str) -> str:
+    """The path of a program a Debian package installs: a clear skip where it is missing, a
+    failure in CI (whose .ci/run installs it)."""
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"CI must have {name} (.ci/run installs Debian's {package} package)")
+        pytest.skip(f"{name} is not installed (apt-get install {package})")
+    return path
+
+
+def post_form(
+    service: ServiceProcess, path: str, fields: dict[str, str]
+) -> tuple[int, dict[str, str], str]:
+    """POST an HTML form as a browser does, without following a redirect: status, headers
+    (lowercase names) and body."""
+    connection = http.client.HTTPConnection("127.0.0.1", service.http_port, timeout=30)
+    try:
+        connection.request(
+            "POST",
+            path,
+            body=urllib.parse.urlencode(fields),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        response = connection.getresponse()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        return response.status, headers, response.read().decode()
+    finally:
+        connection.close()

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import http.client
 import json
 import re
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +35,15 @@ from scheduler.records import (
 )
 from scheduler.slots import PrioritySlots
 from scheduler.status_page import render_status_page
-from tests.support import ServiceFactory, ServiceProcess, run_cli, task_source, wait_until
+from tests.support import (
+    ServiceFactory,
+    ServiceProcess,
+    metric,
+    post_form,
+    run_cli,
+    task_source,
+    wait_until,
+)
 
 TOKEN = "s3cret-admin-token"
 
@@ -440,14 +446,6 @@ def rows_of(services: ServiceFactory, run_id: str) -> list[RunRecord]:
     return [row for row in services.runs() if row.run_id == run_id]
 
 
-def metric(service: ServiceProcess, series: str) -> float:
-    _, body = service.get("/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"no series {series}")
-
-
 def assert_no_row_left_running(services: ServiceFactory, *run_ids: str) -> None:
     for run_id in run_ids:
         assert all(row.outcome != "running" for row in rows_of(services, run_id)), run_id
@@ -704,25 +702,6 @@ def test_cancel_from_the_command_line(services: ServiceFactory) -> None:
     assert table.returncode == 0, table.stderr
     assert threaded["run_id"] in table.stdout and "cancelled" in table.stdout
     assert_no_row_left_running(services, threaded["run_id"], *(r["run_id"] for r in sleepers))
-
-
-def post_form(
-    service: ServiceProcess, path: str, fields: dict[str, str]
-) -> tuple[int, dict[str, str], str]:
-    """POST an HTML form as a browser does, without following a redirect."""
-    connection = http.client.HTTPConnection("127.0.0.1", service.http_port, timeout=30)
-    try:
-        connection.request(
-            "POST",
-            path,
-            body=urllib.parse.urlencode(fields),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-        )
-        response = connection.getresponse()
-        headers = {k.lower(): v for k, v in response.getheaders()}
-        return response.status, headers, response.read().decode()
-    finally:
-        connection.close()
 
 
 def test_cancel_from_the_status_page_form(services: ServiceFactory) -> None:

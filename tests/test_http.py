@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
-import pytest
-
-from tests.support import IN_CI, ServiceFactory, task_source, wait_until
+from tests.support import ServiceFactory, system_tool, task_source, wait_until
 
 QUICK = "return [RunnerResult(success=True)]"
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if IN_CI:
-            pytest.fail("CI must have promtool (.ci/run installs Debian's prometheus package)")
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
-    return path
+    return system_tool("promtool", "prometheus")
 
 
 def test_health_readiness_and_standby(services: ServiceFactory) -> None:

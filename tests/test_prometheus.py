@@ -23,10 +23,10 @@ import yaml
 from scheduler.records import RunRecord
 from tests.conftest import REPO_ROOT
 from tests.support import (
-    IN_CI,
     ServiceFactory,
     ServiceProcess,
     free_port,
+    system_tool,
     task_source,
     wait_until,
 )
@@ -55,12 +55,7 @@ TOKEN = "prometheus-test-token"
 
 
 def tool(name: str, package: str = "prometheus") -> str:
-    path = shutil.which(name)
-    if path is None:
-        if IN_CI:
-            pytest.fail(f"CI must have {name} (.ci/run installs Debian's {package} package)")
-        pytest.skip(f"{name} is not installed (apt-get install {package})")
-    return path
+    return system_tool(name, package)
 
 
 def test_the_alertmanager_config_is_valid() -> None:

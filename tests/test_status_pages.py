@@ -4,9 +4,7 @@ driven by chromedriver (Selenium) against the real service, checked against the 
 from __future__ import annotations
 
 import html
-import http.client
 import itertools
-import shutil
 import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +20,14 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from scheduler.job_page import JobNotice, render_job_page, upcoming_runs
 from scheduler.run_page import render_run_page
 from scheduler.views import JobHistory, JobSettings, JobView, Override, RunView
-from tests.support import IN_CI, ServiceFactory, ServiceProcess, task_source, wait_until
+from tests.support import (
+    ServiceFactory,
+    ServiceProcess,
+    post_form,
+    system_tool,
+    task_source,
+    wait_until,
+)
 from tests.test_status_page import chromium
 
 TOKEN = "pages-token-0123456789"
@@ -37,12 +42,7 @@ SLEEPY = (
 
 
 def chromedriver() -> str:
-    path = shutil.which("chromedriver")
-    if path is None:
-        if IN_CI:
-            pytest.fail("CI must have chromedriver (.ci/run installs Debian's chromium-driver)")
-        pytest.skip("chromedriver is not installed (apt-get install chromium-driver)")
-    return path
+    return system_tool("chromedriver", "chromium-driver")
 
 
 @pytest.fixture
@@ -110,22 +110,6 @@ def job_state(service: ServiceProcess, job_type: str) -> str:
     status, jobs = service.get_json("/api/jobs")
     assert status == 200, jobs
     return str(next(job["state"] for job in jobs if job["job_type"] == job_type))
-
-
-def post_form(service: ServiceProcess, path: str, fields: dict[str, str]) -> tuple[int, str]:
-    """POST an HTML form as a browser does, without following a redirect: (status, body)."""
-    connection = http.client.HTTPConnection("127.0.0.1", service.http_port, timeout=30)
-    try:
-        connection.request(
-            "POST",
-            path,
-            body=urllib.parse.urlencode(fields),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-        )
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
 
 
 def test_job_and_run_pages_show_the_history_and_the_buttons_act(
@@ -247,7 +231,7 @@ def test_job_and_run_pages_show_the_history_and_the_buttons_act(
     # A standby shows the page but acts on nothing.
     standby = services(SCHEDULER_ADMIN_TOKEN=TOKEN)
     standby.wait_for_log("standby: another instance is active")
-    status, body = post_form(standby, "/jobs/fine/pause", {"token": TOKEN})
+    status, _, body = post_form(standby, "/jobs/fine/pause", {"token": TOKEN})
     assert status == 409 and "Not paused: this instance is a standby" in body
     assert job_state(service, "fine") == "scheduled"
 
@@ -265,7 +249,7 @@ def test_unknown_pages_a_broken_task_file_and_no_token(
     assert [b.text for b in buttons] == ["Run now (writes disabled)", "Pause (writes disabled)"]
     assert all(not b.is_enabled() for b in buttons)
     assert "Write endpoints are disabled" in browser.find_element(By.TAG_NAME, "body").text
-    status, body = post_form(service, "/jobs/fragile/run", {"token": "anything"})
+    status, _, body = post_form(service, "/jobs/fragile/run", {"token": "anything"})
     assert status == 403 and "write endpoints are disabled" in body
     assert len(services.finished("fragile")) == 1
 

@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from scheduler.records import NOT_EXECUTING_MARK
-from tests.support import ServiceFactory, ServiceProcess, run_cli, task_source, wait_until
+from tests.support import (
+    ServiceFactory,
+    ServiceProcess,
+    metric,
+    run_cli,
+    task_source,
+    wait_until,
+)
 
 QUICK = "return [RunnerResult(success=True)]"
 TOKEN = "faults-token"
@@ -38,14 +45,6 @@ def workers(service: ServiceProcess) -> list[dict[str, Any]]:
 
 def ready_pids(service: ServiceProcess) -> set[int]:
     return {w["pid"] for w in workers(service) if w["state"] == "ready"}
-
-
-def metric(service: ServiceProcess, line_start: str) -> float:
-    _, body = service.get("/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_the_scheduler_process_runs_no_task_code(services: ServiceFactory, tmp_path: Any) -> None:
