@@ -7,7 +7,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY scheduler ./scheduler
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir .
+# With the celery extra: the same image runs `scheduler run` and `scheduler worker`.
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".[celery]"
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
@@ -27,7 +28,8 @@ COPY tasks /app/tasks
 WORKDIR /app
 USER 10001:10001
 VOLUME ["/data"]
-EXPOSE 9480
+# 9480: the scheduler's HTTP port; 9481: a `scheduler worker`'s /metrics and /healthz.
+EXPOSE 9480 9481
 # No curl in a slim image: the health check is a line of Python against /healthz.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('SCHEDULER_HTTP_PORT', '9480'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]

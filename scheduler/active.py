@@ -109,6 +109,7 @@ class ActiveRole:
         quarantine, unquarantined = await _quarantine(settings, catalog, history, loop)
         backend = _backend(settings, catalog, observer)
         await backend.start()
+        backend.orphaned([(r.run_id, r.attempt, r.job_type) for r in interrupted])
         coordinator = RunCoordinator(
             catalog.jobs,
             history=DurableStarts(writer, loop),
@@ -237,6 +238,11 @@ def _backend(
 ) -> ExecutionBackend:
     if settings.execution == "inline":
         return InlineBackend(settings.kill_grace_seconds)
+    if settings.execution == "celery":  # imported here: celery is an optional extra
+        from .celery_app import CeleryOptions
+        from .celery_backend import CeleryBackend
+
+        return CeleryBackend(CeleryOptions.from_settings(settings), catalog.jobs)
     options = PoolOptions(
         workers=settings.workers,
         tasks_dir=catalog.discovery.tasks_dir,

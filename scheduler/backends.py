@@ -2,8 +2,9 @@
 
 `InlineBackend` calls the body on the service's own event loop (trusted, very light jobs;
 the benchmarks). `worker_pool.ProcessBackend` sends it to a supervised worker process (the
-default). Both return a `BodyResult`; the coordinator keeps the gates, the slots, the retries
-and the history, whichever runs the body.
+default); `celery_backend.CeleryBackend` to a Celery worker on any machine. All return a
+`BodyResult`; the coordinator keeps the gates, the slots, the retries and the history,
+whichever runs the body.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .base import JobContext
 from .invoke import acquire_requirements, invoke, with_validated_params
 from .job_config import ResolvedJob
 from .params import ParamsProblem, validate_params
-from .records import BodyResult, WorkerStatus
+from .records import BodyResult, ClusterStatus, WorkerStatus
 from .registry import JobRegistry
 
 
@@ -50,6 +51,14 @@ class ExecutionBackend(Protocol):
 
     def worker_pid(self, run_id: str) -> int | None:
         """The process executing the attempt of `run_id`, when known (never inline)."""
+
+    def cluster(self) -> ClusterStatus | None:
+        """The queue and the remote workers, for the metrics (None: no remote workers)."""
+
+    def orphaned(self, attempts: Sequence[tuple[str, int, str]]) -> None:
+        """Attempts (run id, attempt, job type) a previous term left `running`, now closed:
+        make sure none of them starts or runs on beside a later attempt of its job (remote
+        workers outlive a scheduler; local ones die with it)."""
 
 
 class InlineBackend:
@@ -98,6 +107,12 @@ class InlineBackend:
 
     def worker_pid(self, run_id: str) -> int | None:
         return None
+
+    def cluster(self) -> ClusterStatus | None:
+        return None
+
+    def orphaned(self, attempts: Sequence[tuple[str, int, str]]) -> None:
+        pass  # they ran on the loop of a process that is gone
 
     def reload(self, task_files: Sequence[str], jobs: Mapping[str, ResolvedJob]) -> None:
         pass  # the reload imported the new code into this process's registry

@@ -114,6 +114,34 @@ def run(tasks_dir: Path | None, config_file: Path | None) -> None:
         raise click.ClickException(str(error)) from None
 
 
+@cli.command()
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=os.cpu_count() or 1,
+              show_default=True, help="Pool processes: attempts run at once.")  # fmt: skip
+@click.option("--http-port", type=click.IntRange(1, 65535),
+              help="Port of /metrics and /healthz  [env: SCHEDULER_WORKER_HTTP_PORT]")  # fmt: skip
+@click.option("--name", help="Worker name (unique per worker)  [default: worker-<pid>@<host>]")
+@click.option("--tasks-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of task files  [env: SCHEDULER_TASKS_DIR]")  # fmt: skip
+def worker(
+    concurrency: int, http_port: int | None, name: str | None, tasks_dir: Path | None
+) -> None:
+    """Run a Celery worker that executes the runs of an active scheduler started with
+    SCHEDULER_EXECUTION=celery (same tasks folder, same SCHEDULER_CELERY_BROKER_URL)."""
+    settings = _settings(tasks_dir=tasks_dir, worker_http_port=http_port)
+    if not settings.celery_broker_url:
+        raise click.ClickException("SCHEDULER_CELERY_BROKER_URL is not set (redis://host:6379/0)")
+    configure_logging(settings.log_level, settings.log_format, cache=True)
+    try:
+        from .worker_node import default_name, run_worker  # celery is an optional extra
+    except ImportError as error:
+        raise click.ClickException(f"{error}: pip install 'taskwarden[celery]'") from None
+    try:
+        code = run_worker(settings, concurrency, settings.worker_http_port, name or default_name())
+    except SchedulerError as error:
+        raise click.ClickException(str(error)) from None
+    sys.exit(code)
+
+
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @catalog_options

@@ -36,7 +36,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .records import FINISHED, Outcome, RunRecord, SkipReason
+from .records import FINISHED, ClusterStatus, Outcome, RunRecord, SkipReason
 
 #: From 10 ms to 6 h: jobs run from milliseconds to hours (the client's default stops at 10 s).
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
@@ -98,6 +98,7 @@ class SchedulerMetrics:
         status: Callable[[], ServiceStatus],
         workers: Callable[[], Sequence[Any]] = list,
         leading: Callable[[], bool] = lambda: True,
+        cluster: Callable[[], ClusterStatus | None] = lambda: None,
     ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` doubles the output
         self.registry = CollectorRegistry()
@@ -124,7 +125,8 @@ class SchedulerMetrics:
             self.worker_exits.labels(reason)
         self._by_job: dict[str, _AttemptSeries] = {}
         counters = (self.job_retries, self.job_skips, self.worker_exits, self.loop_blocks)
-        role = (*counters, _WorkerCollector(workers), _AttemptCollector(self._by_job))
+        role = (*counters, _WorkerCollector(workers), _ClusterCollector(cluster),
+                _AttemptCollector(self._by_job))  # fmt: skip
         self.registry.register(_LeaderOnly(role, leading))
         self.registry.register(_StatusCollector(status))
         # process_start_time_seconds, memory, CPU, open files
@@ -417,6 +419,38 @@ class _WorkerCollector(Collector):
             blocked.add_metric([str(worker.index)], worker.blocked_seconds)
             runs.add_metric([str(worker.index)], worker.runs)
         yield from (count, memory, blocked, runs)
+
+
+class _ClusterCollector(Collector):
+    """The Celery queue and workers (SCHEDULER_EXECUTION=celery), as the broker last said."""
+
+    def __init__(self, cluster: Callable[[], ClusterStatus | None]) -> None:
+        self._cluster = cluster
+
+    def collect(self) -> Iterator[Metric]:
+        cluster = self._cluster()
+        if cluster is None:
+            return
+        yield _gauge("scheduler_celery_queue_depth",
+                     "Attempts sent to the Celery queue that no worker has taken yet.",
+                     cluster.queue_depth)  # fmt: skip
+        yield _gauge("scheduler_celery_broker_up", "1 while the Celery broker answers.",
+                     float(cluster.broker_up))  # fmt: skip
+        yield _gauge("scheduler_celery_workers", "Celery workers with a live heartbeat.",
+                     len(cluster.workers))  # fmt: skip
+        families = {
+            "busy": "Attempts each Celery worker runs now.",
+            "concurrency": "Attempts each Celery worker runs at most at once.",
+            "saturation": "Busy over concurrency of each Celery worker (1: all busy).",
+        }
+        for name, text in families.items():
+            family = GaugeMetricFamily(f"scheduler_celery_worker_{name}", text, labels=["worker"])
+            for worker in cluster.workers:
+                value = {"busy": worker.busy, "concurrency": worker.concurrency}.get(
+                    name, worker.saturation
+                )
+                family.add_metric([worker.name], value)
+            yield family
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

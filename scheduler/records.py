@@ -261,3 +261,26 @@ class WorkerStatus:
     blocked_job: str | None
     blocked_seconds: float
     blocked_where: str | None
+
+
+@dataclass(frozen=True)
+class CeleryWorkerStatus:
+    """One `scheduler worker` as its last heartbeat in the broker described it."""
+
+    name: str
+    concurrency: int
+    busy: int
+
+    @property
+    def saturation(self) -> float:
+        return self.busy / self.concurrency if self.concurrency else 0.0
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """The Celery side, for the metrics: messages waiting and the live workers."""
+
+    queue_depth: int
+    workers: tuple[CeleryWorkerStatus, ...]
+    #: False while the broker does not answer the scheduler.
+    broker_up: bool = True

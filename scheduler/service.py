@@ -43,7 +43,7 @@ from .leadership import Leadership, leader_lock_for
 from .limits import raise_open_file_limit
 from .metrics import SchedulerMetrics, ServiceStatus
 from .operations import ServiceOperations
-from .records import WorkerStatus, utcnow
+from .records import ClusterStatus, WorkerStatus, utcnow
 from .reload import TaskFolderWatcher
 from .settings import ServiceSettings
 from .status import Health, service_status
@@ -74,7 +74,9 @@ class SchedulerService:
             self.instance,
             settings.lease_seconds,
         )
-        self.metrics = SchedulerMetrics(self._status, self._workers, lambda: self.health.leader)
+        self.metrics = SchedulerMetrics(
+            self._status, self._workers, lambda: self.health.leader, self._cluster
+        )
         self.metrics.initialise(catalog.jobs)
         #: Set while this instance leads (None on a standby).
         self.role: ActiveRole | None = None
@@ -100,6 +102,9 @@ class SchedulerService:
 
     def _workers(self) -> list[WorkerStatus]:
         return self.role.backend.statuses() if self.role else []
+
+    def _cluster(self) -> ClusterStatus | None:
+        return self.role.backend.cluster() if self.role else None
 
     def next_runs(self) -> dict[str, datetime | None]:
         return self.role.next_runs() if self.role else {}

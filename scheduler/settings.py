@@ -27,6 +27,7 @@ from .suggestions import did_you_mean
 ENV_PREFIX = "SCHEDULER_"
 DEFAULT_DATABASE_URL = "sqlite:///data/scheduler.db"
 DEFAULT_HTTP_PORT = 9480
+DEFAULT_WORKER_HTTP_PORT = 9481
 
 
 def _upper(value: object) -> object:
@@ -40,7 +41,7 @@ def _lower(value: object) -> object:
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
 ]
-ExecutionMode = Literal["process", "inline"]
+ExecutionMode = Literal["process", "inline", "celery"]
 LogFormat = Annotated[Literal["json", "console"], BeforeValidator(_lower)]
 
 
@@ -67,8 +68,26 @@ class ServiceSettings(BaseSettings):
     #: How many runs may execute at once across all jobs; beyond it, runs wait by priority.
     max_workers: PositiveInt = 16
     #: Where task code runs: "process" (supervised worker processes; the scheduler process runs
-    #: no task code) or "inline" (on the scheduler's own event loop: trusted, light jobs only).
+    #: no task code), "inline" (on the scheduler's own event loop: trusted, light jobs only) or
+    #: "celery" (on `scheduler worker` processes, on any number of machines, through a broker).
     execution: Annotated[ExecutionMode, BeforeValidator(_lower)] = "process"
+    #: The Celery broker (Redis: `redis://host:6379/0`); required with SCHEDULER_EXECUTION=celery.
+    celery_broker_url: str | None = Field(default=None, validate_default=True)
+    #: Where Celery workers store results (Redis); default: the broker URL.
+    celery_result_backend: str | None = None
+    #: The Celery queue the scheduler sends attempts to and `scheduler worker` consumes.
+    celery_queue: str = Field(default="taskwarden", min_length=1)
+    #: A worker refreshes the lease of each attempt it runs; one not refreshed for this long
+    #: means its worker was lost (the attempt is `crashed`).
+    celery_lease_seconds: PositiveFloat = 5.0
+    #: An attempt no Celery worker has started this long after it was sent fails (retryable:
+    #: its body never ran) instead of waiting for a worker forever.
+    celery_start_timeout_seconds: PositiveFloat = 60.0
+    #: The broker redelivers a message not acknowledged this long after delivery (its worker was
+    #: lost); it must exceed every job's timeout plus the kill grace.
+    celery_visibility_timeout_seconds: PositiveFloat = 3600.0
+    #: Where `scheduler worker` serves its own /metrics and /healthz.
+    worker_http_port: int = Field(default=DEFAULT_WORKER_HTTP_PORT, ge=1, le=65535)
     #: Worker processes in process mode; each runs many runs at once on its own event loop.
     workers: PositiveInt = Field(default_factory=lambda: os.cpu_count() or 1)
     #: A run still going this long after its timeout (it ignored its cancellation, or blocks
@@ -130,6 +149,17 @@ class ServiceSettings(BaseSettings):
                 f"must be at least 3 heartbeats (SCHEDULER_HEARTBEAT_SECONDS={heartbeat:g})"
             )
         return value
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _broker_for_celery(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("execution") == "celery" and not value:
+            raise ValueError("is required with SCHEDULER_EXECUTION=celery (redis://host:6379/0)")
+        return value
+
+    @property
+    def celery_results_url(self) -> str | None:
+        return self.celery_result_backend or self.celery_broker_url
 
     @property
     def worker_kill_memory_bytes(self) -> int:

@@ -42,6 +42,7 @@ from .records import (
     CANCELLED_BY_OPERATOR,
     NOT_EXECUTING_MARK,
     BodyResult,
+    ClusterStatus,
     Outcome,
     WorkerStatus,
 )
@@ -296,6 +297,12 @@ class ProcessBackend:
                 run_id=run_id,
             )
         return True
+
+    def cluster(self) -> ClusterStatus | None:
+        return None
+
+    def orphaned(self, attempts: Sequence[tuple[str, int, str]]) -> None:
+        pass  # their workers ended with the scheduler that started them (see worker.watch)
 
     def worker_pid(self, run_id: str) -> int | None:
         found = self._executing(run_id)

@@ -52,6 +52,7 @@ SIGNAL_ONLY = {
     "SchedulerHistoryWritesFailing",
 }
 TOKEN = "prometheus-test-token"
+CELERY_SERIES = "scheduler_celery_"
 
 
 def tool(name: str, package: str = "prometheus") -> str:
@@ -315,8 +316,10 @@ def test_every_panel_and_alert_returns_data_from_a_real_prometheus(
     )  # fmt: skip
 
     empty = [
-        (title, expr) for title, expr in dashboard_queries() if not prometheus.query(concrete(expr))
-    ]
+        (title, expr)
+        for title, expr in dashboard_queries()
+        if CELERY_SERIES not in expr and not prometheus.query(concrete(expr))
+    ]  # the Celery panels have data with SCHEDULER_EXECUTION=celery: see tests/test_celery.py
     assert empty == [], empty
 
     rules = {rule["alert"]: rule["expr"] for rule in alert_rules()}
