@@ -297,10 +297,10 @@ def test_an_operator_cancels_a_run_on_a_celery_worker(
         run_id = wait_until(lambda j=job_type: _in_progress(service, j), what=job_type)
         status, body = service.post_json(f"/api/runs/{run_id}/cancel", "t0ken")
         assert status == 200 and body["status"] == "cancelled", body
-    (sleeper,) = services.finished("sleeper")
+    (sleeper,) = services.wait_for_runs("sleeper", 1, outcome=None)  # rows are written batched
     assert (sleeper.outcome, sleeper.error) == ("cancelled", "cancelled by an operator")
     assert journal.entries("end", "sleeper") == []  # its body stopped, it did not finish
-    (stubborn,) = services.finished("stubborn")
+    (stubborn,) = services.wait_for_runs("stubborn", 1, outcome=None)
     assert stubborn.outcome == "cancelled" and "Celery worker process was killed" in str(
         stubborn.error
     )
