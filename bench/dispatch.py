@@ -7,6 +7,7 @@ each second; "aligned": all N due at the same instant.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -31,6 +32,8 @@ PG_ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REPO = Path(__file__).resolve().parent.parent
+#: SCHEDULER_MAX_WORKERS for the service; unset: its default.
+MAX_WORKERS = os.environ.get("BENCH_MAX_WORKERS", "")
 
 JOBS_FILE = """
 from scheduler import BaseTask, JobContext, RunnerResult, job
@@ -57,6 +60,8 @@ class Result:
     expected: int
     completed: int
     lags: list[float]
+    #: The service's log (at WARNING), bytes per minute of its run (raw APScheduler: 0).
+    log_bytes_per_minute: float = 0.0
 
     @property
     def missed(self) -> int:
@@ -122,10 +127,11 @@ def measure_service(
             SCHEDULER_TASKS_DIR=str(tasks),
             SCHEDULER_LOG_LEVEL="WARNING",
             SCHEDULER_HTTP_PORT=str(_free_port()),
-            SCHEDULER_MAX_WORKERS=str(max(16, count)),
             SCHEDULER_FIRST_RUN_SPREAD_SECONDS="0" if aligned else "1",
             SCHEDULER_EXECUTION=execution,
         )
+        if MAX_WORKERS:  # else the service's default: the targets hold at default settings
+            env["SCHEDULER_MAX_WORKERS"] = MAX_WORKERS
         with open(Path(tmp) / "service.log", "wb") as log:
             process = subprocess.Popen(
                 [MEASURED_PYTHON, "-m", "scheduler", "run"], cwd=tmp, env=env, stdout=log,
@@ -135,10 +141,13 @@ def measure_service(
                 started = _first_run(url, process, timeout=120)
                 window = (started + warmup, started + warmup + seconds)
                 time.sleep(max(window[1] - time.time(), 0) + 1.5)
+                log_bytes = (Path(tmp) / "service.log").stat().st_size
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(120)
-        return _service_result(url, count, seconds, window)
+        result = _service_result(url, count, seconds, window)
+        elapsed = time.time() - started
+        return dataclasses.replace(result, log_bytes_per_minute=log_bytes / elapsed * 60)
 
 
 def _first_run(url: str, process: subprocess.Popen[bytes], timeout: float) -> float:
@@ -203,6 +212,7 @@ class Summary:
     missed: float
     lag_p50: float
     lag_p99: float
+    log_kb_per_minute: float
     runs: list[str]  # every repeat's figures, to show the spread
 
     @classmethod
@@ -215,6 +225,7 @@ class Summary:
             statistics.median(r.missed for r in results),
             statistics.median(r.lag(0.5) for r in results),
             statistics.median(r.lag(0.99) for r in results),
+            statistics.median(r.log_bytes_per_minute for r in results) / 1024,
             [each(r) for r in results],
         )
 
@@ -229,7 +240,8 @@ def main() -> None:
     warmup = 3.0
     print(f"N no-op jobs at 1 s for {seconds:g} s after {warmup:g} s warm-up; median of {repeats}")
     header = (f"{'store':<10} {'mode':<9} {'N':>5}  {'system':<12} {'completed':>9} "
-              f"{'missed':>7} {'lag p50':>9} {'lag p99':>9}  each run: completed/p99")  # fmt: skip
+              f"{'missed':>7} {'lag p50':>9} {'lag p99':>9} {'log/min':>9}  "
+              "each run: completed/p99")  # fmt: skip
     print(header)
     for store in stores:
         for mode in modes:
@@ -250,6 +262,7 @@ def main() -> None:
                 rows = {system: Summary.of(each) for system, each in results.items()}
                 for system, r in rows.items():
                     lag = f"{r.lag_p50 * 1000:>7.1f}ms {r.lag_p99 * 1000:>7.1f}ms"
+                    lag += f" {r.log_kb_per_minute:>6.0f} KB"
                     print(f"{store:<10} {mode:<9} {count:>5}  {system:<12} "
                           f"{r.completed_ratio:>8.1%} {r.missed:>7.0f} {lag}  "
                           f"[{' '.join(r.runs)}]")  # fmt: skip
