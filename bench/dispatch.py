@@ -7,7 +7,6 @@ each second; "aligned": all N due at the same instant.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from bench import MEASURED_PYTHON
+from bench.procfs import cpu_seconds, family, rss_mb
 
 PG_ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -60,12 +60,24 @@ class Result:
     expected: int
     completed: int
     lags: list[float]
+    #: CPU seconds spent in the window: the scheduler process and its worker processes.
+    cpu_seconds: float
+    #: Resident memory at the window's end: the scheduler process, and its workers together.
+    rss_mb: float
+    worker_rss_mb: float = 0.0
+    #: Seconds from the process's start to its first run (raw APScheduler: not measured, its
+    #: jobs are added with a first run time well ahead).
+    first_run_seconds: float = float("nan")
     #: The service's log (at WARNING), bytes per minute of its run (raw APScheduler: 0).
     log_bytes_per_minute: float = 0.0
 
     @property
     def missed(self) -> int:
         return self.expected - self.completed
+
+    @property
+    def cpu_ms_per_run(self) -> float:
+        return self.cpu_seconds / self.completed * 1000 if self.completed else float("inf")
 
     @property
     def completed_ratio(self) -> float:
@@ -106,7 +118,15 @@ def measure_raw(count: int, seconds: float, warmup: float, url: str, aligned: bo
     data = json.loads(output.strip().splitlines()[-1])
     low, high = data["window"]
     ran = [(s, t) for s, t in data["ran"] if low <= s < high]
-    return Result(count * round(seconds), len(ran), [t - s for s, t in ran])
+    lags = [t - s for s, t in ran]
+    return Result(count * round(seconds), len(ran), lags, data["cpu"], data["rss"])
+
+
+def measure_raw_memory(
+    count: int, seconds: float, warmup: float, url: str, aligned: bool
+) -> Result:
+    """Raw APScheduler with its in-memory store: the machinery's own limit."""
+    return measure_raw(count, seconds, warmup, "memory", aligned)
 
 
 def measure_service(
@@ -133,6 +153,7 @@ def measure_service(
         if MAX_WORKERS:  # else the service's default: the targets hold at default settings
             env["SCHEDULER_MAX_WORKERS"] = MAX_WORKERS
         with open(Path(tmp) / "service.log", "wb") as log:
+            launched = time.time()
             process = subprocess.Popen(
                 [MEASURED_PYTHON, "-m", "scheduler", "run"], cwd=tmp, env=env, stdout=log,
                 stderr=subprocess.STDOUT,
@@ -140,14 +161,24 @@ def measure_service(
             try:
                 started = _first_run(url, process, timeout=120)
                 window = (started + warmup, started + warmup + seconds)
-                time.sleep(max(window[1] - time.time(), 0) + 1.5)
+                time.sleep(max(window[0] - time.time(), 0))
+                pids = family(process.pid)
+                cpu_before = sum(cpu_seconds(pid) for pid in pids)
+                time.sleep(max(window[1] - time.time(), 0))
+                pids = family(process.pid)  # a worker replaced in the window counts from 0
+                cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+                rss = rss_mb(process.pid)
+                worker_rss = sum(rss_mb(pid) for pid in pids[1:])
+                time.sleep(1.5)
                 log_bytes = (Path(tmp) / "service.log").stat().st_size
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(120)
-        result = _service_result(url, count, seconds, window)
-        elapsed = time.time() - started
-        return dataclasses.replace(result, log_bytes_per_minute=log_bytes / elapsed * 60)
+        expected, lags = _service_result(url, count, seconds, window)
+        return Result(
+            expected, len(lags), lags, cpu, rss, worker_rss, started - launched,
+            log_bytes / (time.time() - started) * 60,
+        )  # fmt: skip
 
 
 def _first_run(url: str, process: subprocess.Popen[bytes], timeout: float) -> float:
@@ -172,7 +203,10 @@ def _first_run(url: str, process: subprocess.Popen[bytes], timeout: float) -> fl
     raise RuntimeError("no run started")
 
 
-def _service_result(url: str, count: int, seconds: float, window: tuple[float, float]) -> Result:
+def _service_result(
+    url: str, count: int, seconds: float, window: tuple[float, float]
+) -> tuple[int, list[float]]:
+    """Runs expected in the window, and the start lag of each that succeeded."""
     engine = create_engine(url)
     with engine.connect() as connection:
         rows = connection.execute(
@@ -184,7 +218,7 @@ def _service_result(url: str, count: int, seconds: float, window: tuple[float, f
         due = _timestamp(scheduled)
         if window[0] <= due < window[1] and outcome == "success":
             lags.append(_timestamp(started) - due)
-    return Result(count * round(seconds), len(lags), lags)
+    return count * round(seconds), lags
 
 
 def _timestamp(value: object) -> float:
@@ -212,6 +246,10 @@ class Summary:
     missed: float
     lag_p50: float
     lag_p99: float
+    cpu_ms_per_run: float
+    rss_mb: float
+    worker_rss_mb: float
+    first_run_seconds: float
     log_kb_per_minute: float
     runs: list[str]  # every repeat's figures, to show the spread
 
@@ -220,14 +258,38 @@ class Summary:
         def each(r: Result) -> str:
             return f"{r.completed_ratio:.1%}/{r.lag(0.99) * 1000:.0f}ms"
 
+        def median(figure: Callable[[Result], float]) -> float:
+            return statistics.median(figure(r) for r in results)
+
         return cls(
-            statistics.median(r.completed_ratio for r in results),
-            statistics.median(r.missed for r in results),
-            statistics.median(r.lag(0.5) for r in results),
-            statistics.median(r.lag(0.99) for r in results),
-            statistics.median(r.log_bytes_per_minute for r in results) / 1024,
+            median(lambda r: r.completed_ratio),
+            median(lambda r: r.missed),
+            median(lambda r: r.lag(0.5)),
+            median(lambda r: r.lag(0.99)),
+            median(lambda r: r.cpu_ms_per_run),
+            median(lambda r: r.rss_mb),
+            median(lambda r: r.worker_rss_mb),
+            median(lambda r: r.first_run_seconds),
+            median(lambda r: r.log_bytes_per_minute) / 1024,
             [each(r) for r in results],
         )
+
+    def row(self) -> str:
+        first = (
+            ""
+            if self.first_run_seconds != self.first_run_seconds
+            else (f"{self.first_run_seconds:.2f}s")
+        )
+        return (f"{self.completed_ratio:>8.1%} {self.missed:>7.0f} {self.lag_p50 * 1000:>7.1f}ms "
+                f"{self.lag_p99 * 1000:>7.1f}ms {self.cpu_ms_per_run:>6.3f}ms "
+                f"{self.rss_mb:>5.0f}+{self.worker_rss_mb:<4.0f}MB {first:>6} "
+                f"{self.log_kb_per_minute:>6.0f}KB  [{' '.join(self.runs)}]")  # fmt: skip
+
+
+RAW_SYSTEMS: list[tuple[str, Measure]] = [
+    ("raw memory", measure_raw_memory),
+    ("raw store", measure_raw),
+]
 
 
 def main() -> None:
@@ -239,15 +301,16 @@ def main() -> None:
     repeats = int(os.environ.get("BENCH_REPEATS", "3"))
     warmup = 3.0
     print(f"N no-op jobs at 1 s for {seconds:g} s after {warmup:g} s warm-up; median of {repeats}")
+    print("cpu/run: CPU of the process and its workers in the window per completed run; "
+          "rss: scheduler+workers; first: process start to first run")  # fmt: skip
     header = (f"{'store':<10} {'mode':<9} {'N':>5}  {'system':<12} {'completed':>9} "
-              f"{'missed':>7} {'lag p50':>9} {'lag p99':>9} {'log/min':>9}  "
-              "each run: completed/p99")  # fmt: skip
+              f"{'missed':>7} {'lag p50':>9} {'lag p99':>9} {'cpu/run':>8} {'rss':>10} "
+              f"{'first':>6} {'log/min':>8}  each run: completed/p99")  # fmt: skip
     print(header)
     for store in stores:
         for mode in modes:
             for count in counts:
-                rows = {}
-                systems: list[tuple[str, Measure]] = [("raw APSched", measure_raw)]
+                systems = list(RAW_SYSTEMS)
                 systems += [
                     (f"ours {execution}", functools.partial(measure_service, execution=execution))
                     for execution in executions
@@ -260,23 +323,22 @@ def main() -> None:
                             aligned = mode == "aligned"
                             results[system].append(measure(count, seconds, warmup, url, aligned))
                 rows = {system: Summary.of(each) for system, each in results.items()}
-                for system, r in rows.items():
-                    lag = f"{r.lag_p50 * 1000:>7.1f}ms {r.lag_p99 * 1000:>7.1f}ms"
-                    lag += f" {r.log_kb_per_minute:>6.0f} KB"
-                    print(f"{store:<10} {mode:<9} {count:>5}  {system:<12} "
-                          f"{r.completed_ratio:>8.1%} {r.missed:>7.0f} {lag}  "
-                          f"[{' '.join(r.runs)}]")  # fmt: skip
-                raw = rows["raw APSched"]
+                for system, summary in rows.items():
+                    print(f"{store:<10} {mode:<9} {count:>5}  {system:<12} {summary.row()}")
+                memory, raw = rows["raw memory"], rows["raw store"]
                 for system, ours in rows.items():
-                    if system == "raw APSched":
+                    if not system.startswith("ours"):
                         continue
-                    ratio = (
+                    completed = (
                         ours.completed_ratio / raw.completed_ratio
                         if raw.completed_ratio
                         else float("inf")
                     )
+                    cpu = ours.cpu_ms_per_run / memory.cpu_ms_per_run
+                    lag = ours.lag_p99 / memory.lag_p99
                     print(f"{'':<10} {'':<9} {'':>5}  {'ratio ' + system[5:]:<12} "
-                          f"{ratio:>8.2f}x completed vs raw")  # fmt: skip
+                          f"{completed:>8.2f}x completed vs raw store; vs raw memory: "
+                          f"cpu/run {cpu:.2f}x, lag p99 {lag:.2f}x")  # fmt: skip
             sys.stdout.flush()
 
 

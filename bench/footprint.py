@@ -16,8 +16,8 @@ from sqlalchemy import create_engine, text
 
 from bench import MEASURED_PYTHON
 from bench.dispatch import _free_port, _timestamp
+from bench.procfs import cpu_seconds, family, rss_mb
 
-TICKS = os.sysconf("SC_CLK_TCK")
 TASK_FILE = """
 from scheduler import BaseTask, JobContext, RunnerResult, job
 
@@ -50,31 +50,6 @@ for n in range(count):
 signal_wait = threading.Event()
 signal_wait.wait(float(sys.argv[5]))
 """
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _children(pid: int) -> list[int]:
-    """The processes `pid` started (the worker processes, in process mode)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(child) for child in text.split()]
-
-
-def _family(pid: int) -> list[int]:
-    return [pid, *_children(pid)]
 
 
 def _service(
@@ -149,11 +124,11 @@ def idle(system: str, seconds: float) -> tuple[float, float]:
             else _service(folder, 20, 60, execution)
         )
         time.sleep(5)  # start-up and the first runs are not idleness
-        family = _family(process.pid)
-        before = sum(_cpu_seconds(pid) for pid in family)
+        pids = family(process.pid)
+        before = sum(cpu_seconds(pid) for pid in pids)
         time.sleep(seconds)
-        cpu = (sum(_cpu_seconds(pid) for pid in family) - before) / seconds * 100
-        rss = sum(_rss_mb(pid) for pid in _family(process.pid))
+        cpu = (sum(cpu_seconds(pid) for pid in pids) - before) / seconds * 100
+        rss = sum(rss_mb(pid) for pid in family(process.pid))
         _stop(process)
     return rss, cpu
 

@@ -1,7 +1,8 @@
 """The baseline: raw APScheduler 3.11 with its SQLAlchemy job store, as people set it up.
 
 Run as a script by bench/dispatch.py: N no-op jobs on a 1 s interval, added after start, for a
-measured window; prints JSON with the scheduled and start times of every run in the window.
+measured window; prints JSON with the scheduled and start times of every run in the window, the
+CPU seconds spent in it and the RSS at its end. The URL "memory" means its in-memory job store.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+
+from bench.procfs import rss_mb
 
 
 def noop() -> None:
@@ -39,9 +43,8 @@ def main(count: int, seconds: float, warmup: float, url: str, aligned: bool) -> 
             else:
                 missed.extend(t.timestamp() for t in event.scheduled_run_times)
 
-    scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=url)}, timezone=UTC
-    )
+    store = MemoryJobStore() if url == "memory" else SQLAlchemyJobStore(url=url)
+    scheduler = BackgroundScheduler(jobstores={"default": store}, timezone=UTC)
     scheduler.add_listener(listen, EVENT_JOB_EXECUTED | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
     scheduler.start(paused=True)  # add everything first, as the service's reconcile does
     trigger = IntervalTrigger(seconds=1, timezone=UTC)
@@ -57,13 +60,15 @@ def main(count: int, seconds: float, warmup: float, url: str, aligned: bool) -> 
         )
     scheduler.resume()
     window_start = max(time.time(), first_due.timestamp()) + warmup
-    time.sleep(max(window_start + seconds - time.time(), 0) + 1.5)  # the window, then stragglers
+    time.sleep(max(window_start - time.time(), 0))
+    cpu_before = time.process_time()
+    time.sleep(max(window_start + seconds - time.time(), 0))
+    cpu = time.process_time() - cpu_before
+    rss = rss_mb(os.getpid())
+    time.sleep(1.5)  # stragglers
     with lock:
-        print(
-            json.dumps(
-                {"ran": ran, "missed": missed, "window": [window_start, window_start + seconds]}
-            )
-        )
+        window = [window_start, window_start + seconds]
+        print(json.dumps({"ran": ran, "missed": missed, "window": window, "cpu": cpu, "rss": rss}))
     sys.stdout.flush()
     os._exit(0)  # shutdown() would wait for a scheduler thread that may be far behind
 

@@ -126,7 +126,7 @@ class ActiveRole:
         store = GroupedSQLAlchemyJobStore(engine, leadership.fence)
         scheduler = _scheduler(store, coordinator, loop)
         await asyncio.to_thread(scheduler.start, paused=True)
-        not_loaded = await asyncio.to_thread(_reconcile, scheduler, settings, catalog)
+        not_loaded = await asyncio.to_thread(_reconcile, scheduler, store, settings, catalog)
         intervals = await asyncio.to_thread(_stored_intervals, scheduler, not_loaded)
         for job_type in quarantine.quarantined:
             if job_type in store.next_run_times:
@@ -183,7 +183,9 @@ class ActiveRole:
         change keeps its next run time. A job whose file changed leaves its quarantine."""
         self.backend.reload(_worker_files(catalog), catalog.jobs)
         self.coordinator.set_jobs(catalog.jobs, _failed_files(catalog))
-        self.not_loaded = await asyncio.to_thread(_reconcile, self.scheduler, settings, catalog)
+        self.not_loaded = await asyncio.to_thread(
+            _reconcile, self.scheduler, self.store, settings, catalog
+        )
         self.not_loaded_intervals = await asyncio.to_thread(
             _stored_intervals, self.scheduler, self.not_loaded
         )
@@ -375,7 +377,9 @@ def _stored_intervals(scheduler: Any, job_types: Iterable[str]) -> dict[str, flo
     return intervals
 
 
-def _reconcile(scheduler: Any, settings: ServiceSettings, catalog: JobCatalog) -> dict[str, str]:
+def _reconcile(
+    scheduler: Any, store: GroupedSQLAlchemyJobStore, settings: ServiceSettings, catalog: JobCatalog
+) -> dict[str, str]:
     """Reconcile the job store with the catalog; the stored jobs kept though not loaded."""
     desired, disabled = {}, []
     for job_type, job in catalog.jobs.items():
@@ -390,14 +394,15 @@ def _reconcile(scheduler: Any, settings: ServiceSettings, catalog: JobCatalog) -
             misfire_grace_seconds=settings.misfire_grace_seconds,
         )
     failed_files = _failed_files(catalog)
-    report = reconcile(
-        scheduler,
-        desired,
-        disabled=disabled,
-        failed_files=failed_files,
-        tasks_dir=catalog.discovery.tasks_dir,
-        first_run_spread_seconds=settings.first_run_spread_seconds,
-    )
+    with store.adding_in_bulk():
+        report = reconcile(
+            scheduler,
+            desired,
+            disabled=disabled,
+            failed_files=failed_files,
+            tasks_dir=catalog.discovery.tasks_dir,
+            first_run_spread_seconds=settings.first_run_spread_seconds,
+        )
     return {
         job_type: f"its task file {task_file} failed to import: {failed_files[task_file]}"
         for job_type, task_file in report.kept_not_loaded.items()

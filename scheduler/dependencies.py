@@ -25,10 +25,10 @@ def unknown_dependencies(
     graph = {meta.job_type: meta.dependencies for meta in jobs}
     problems = []
     for job_type, needs in graph.items():
-        others = [other for other in graph if other != job_type]  # never the job itself
         for need in needs:
             if need in graph:
                 continue
+            others = [other for other in graph if other != job_type]  # never the job itself
             if failed_files:
                 hint = did_you_mean(need, others, cutoff=TYPO_CUTOFF)
                 hint += f" (task files that failed to import: {', '.join(failed_files)})"

@@ -75,9 +75,10 @@ def resolve_job_configs(
 
     resolved: dict[str, ResolvedJob] = {}
     problems.extend(_ambiguous_names(known, env))
+    known_set = frozenset(known)
     for meta in jobs:
         origins = _file_overrides(config_file, file_tables.get(meta.job_type, {}), meta, problems)
-        origins.update(_env_overrides(meta.job_type, env, warnings, known))
+        origins.update(_env_overrides(meta.job_type, env, warnings, known_set))
         config = _validate(meta, origins, problems)
         if config is not None:
             resolved[meta.job_type] = ResolvedJob(meta, config, origins)
@@ -120,7 +121,10 @@ def _ambiguous_names(known_jobs: list[str], env: Mapping[str, tuple[str, str]]) 
 
 
 def _env_overrides(
-    job_type: str, env: Mapping[str, tuple[str, str]], warnings: list[str], known: list[str]
+    job_type: str,
+    env: Mapping[str, tuple[str, str]],
+    warnings: list[str],
+    known: frozenset[str],
 ) -> dict[str, ValueOrigin]:
     origins: dict[str, ValueOrigin] = {}
     for option in OVERRIDABLE_OPTIONS:

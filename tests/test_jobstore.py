@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from apscheduler.executors.base import BaseExecutor
+from apscheduler.jobstores.base import ConflictingIdError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, event, text
@@ -206,3 +207,37 @@ def test_a_stopping_scheduler_hands_over_no_due_job(
     )
     scheduler.shutdown(wait=True)
     assert executor.submitted == ([] if scheduler_class is FencedScheduler else ["due"])
+
+
+def test_jobs_added_in_bulk_are_inserted_in_one_statement(engine: Engine) -> None:
+    store = GroupedSQLAlchemyJobStore(engine, sole_term(engine, "test"), retry_seconds=0.5)
+    scheduler = BackgroundScheduler(jobstores={"default": store}, timezone=UTC)
+    scheduler.start(paused=True)
+    seen = statements(engine)
+    now = datetime.now(UTC)
+    try:
+        with store.adding_in_bulk():
+            for n in range(200):
+                scheduler.add_job(
+                    JOB_FUNCTION,
+                    trigger=IntervalTrigger(seconds=1, timezone=UTC),
+                    id=f"bulk_{n}",
+                    args=(f"bulk_{n}",),
+                    next_run_time=now,
+                )
+            assert [s for s in seen if s[0] == "INSERT"] == []  # buffered, yet scheduled:
+            assert len(store.get_due_jobs(now)) == 200
+            moved = store.lookup_job("bulk_0")
+            moved._modify(next_run_time=now + timedelta(hours=1))
+            store.update_job(moved)  # a job that ran before its row was written
+            scheduler.remove_job("bulk_1")  # and one removed before it
+            with pytest.raises(ConflictingIdError):
+                scheduler.add_job(JOB_FUNCTION, "interval", seconds=1, id="bulk_2", args=("x",))
+        assert [s for s in seen if s[0] == "INSERT"] == [("INSERT", True)]
+    finally:
+        scheduler.shutdown(wait=False)
+    reread = GroupedSQLAlchemyJobStore(engine, sole_term(engine, "other"))
+    stored = {job.id: job.next_run_time for job in reread.get_all_jobs()}
+    assert len(stored) == 199 and "bulk_1" not in stored
+    assert stored["bulk_0"] == now + timedelta(hours=1)
+    assert stored["bulk_5"] == now
