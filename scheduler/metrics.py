@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -103,29 +104,18 @@ class SchedulerMetrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` doubles the output
         self.registry = CollectorRegistry()
         r = None  # the counters are the active role's: registered below, behind `_LeaderOnly`
-        self.job_retries = Counter(
-            "scheduler_job_retries", "Attempts that were followed by a retry.", ["job_type"],
-            registry=r,
-        )  # fmt: skip
-        self.job_skips = Counter(
-            "scheduler_job_skipped", "Runs that did not happen, by job and reason.",
-            ["job_type", "reason"], registry=r,
-        )  # fmt: skip
         self.worker_exits = Counter(
             "scheduler_worker_exits", "Worker processes that ended, by reason (died, timeout: "
             "killed for a run past its timeout, memory: killed over the hard limit, recycled, "
             "cancelled: killed for a cancelled run that did not stop within the kill grace).",
             ["reason"], registry=r,
         )  # fmt: skip
-        self.loop_blocks = Counter(
-            "scheduler_job_loop_blocks", "Times a run blocked its worker's event loop past "
-            "SCHEDULER_WATCHDOG_SECONDS.", ["job_type"], registry=r,
-        )  # fmt: skip
         for reason in ("died", "timeout", "memory", "recycled", "cancelled"):
             self.worker_exits.labels(reason)
         self._by_job: dict[str, _AttemptSeries] = {}
-        counters = (self.job_retries, self.job_skips, self.worker_exits, self.loop_blocks)
-        role = (*counters, _WorkerCollector(workers), _ClusterCollector(cluster),
+        # Skips come from any thread (the scheduler's, the loop's): their counts take a lock.
+        self._skips_lock = threading.Lock()
+        role = (self.worker_exits, _WorkerCollector(workers), _ClusterCollector(cluster),
                 _AttemptCollector(self._by_job))  # fmt: skip
         self.registry.register(_LeaderOnly(role, leading))
         self.registry.register(_StatusCollector(status))
@@ -136,16 +126,14 @@ class SchedulerMetrics:
         """Create every series of every job at 0."""
         for job_type in job_types:
             self._series(job_type)
-            self.job_retries.labels(job_type)
-            self.loop_blocks.labels(job_type)
-            for reason in SkipReason:
-                self.job_skips.labels(job_type, str(reason))
 
-    # RunObserver. Skips may be reported from any thread and retries are rare: they go to
-    # prometheus_client's own counters. Attempts are reported on the loop, thousands a second:
-    # plain numbers, read at scrape time (a client child takes a lock on every update).
+    # RunObserver. Every job's figures are plain numbers, read at scrape time: a
+    # prometheus_client child takes a lock on every update, and a job has a dozen of them
+    # (memory, and time at start-up, with thousands of jobs).
     def skipped(self, job_type: str, reason: SkipReason) -> None:
-        self.job_skips.labels(job_type, str(reason)).inc()
+        series = self._series(job_type)
+        with self._skips_lock:
+            series.skips[reason] += 1
 
     def attempt_started(
         self, job_type: str, lag_seconds: float | None, retry_waited_seconds: float | None
@@ -173,7 +161,7 @@ class SchedulerMetrics:
         self._series(job_type).in_progress -= 1
 
     def retrying(self, job_type: str) -> None:
-        self.job_retries.labels(job_type).inc()
+        self._series(job_type).retries += 1
 
     def run_finished(self, job_type: str, outcome: str, dead_letter: bool) -> None:
         series = self._series(job_type)
@@ -194,12 +182,12 @@ class SchedulerMetrics:
 
     def loop_blocked(self, job_type: str | None) -> None:
         if job_type is not None:
-            self.loop_blocks.labels(job_type).inc()
+            self._series(job_type).loop_blocks += 1
 
     def _series(self, job_type: str) -> _AttemptSeries:
         series = self._by_job.get(job_type)
-        if series is None:
-            series = self._by_job[job_type] = _AttemptSeries()
+        if series is None:  # setdefault: two threads may create it at once
+            series = self._by_job.setdefault(job_type, _AttemptSeries())
         return series
 
 
@@ -239,8 +227,11 @@ class _AttemptSeries:
         "items_failed",
         "items_succeeded",
         "lag",
+        "loop_blocks",
+        "retries",
         "retry_wait",
         "runs",
+        "skips",
     )
 
     def __init__(self) -> None:
@@ -253,6 +244,9 @@ class _AttemptSeries:
         self.dead_letters = 0
         self.items_succeeded = 0
         self.items_failed = 0
+        self.retries = 0
+        self.loop_blocks = 0
+        self.skips = dict.fromkeys(SkipReason, 0)
 
 
 class _AttemptCollector(Collector):
@@ -293,6 +287,18 @@ class _AttemptCollector(Collector):
             "scheduler_job_items", "RunnerResult items returned, by their success.",
             labels=["job_type", "outcome"],
         )  # fmt: skip
+        retries = CounterMetricFamily(
+            "scheduler_job_retries", "Attempts that were followed by a retry.",
+            labels=["job_type"],
+        )  # fmt: skip
+        skips = CounterMetricFamily(
+            "scheduler_job_skipped", "Runs that did not happen, by job and reason.",
+            labels=["job_type", "reason"],
+        )  # fmt: skip
+        loop_blocks = CounterMetricFamily(
+            "scheduler_job_loop_blocks", "Times a run blocked its worker's event loop past "
+            "SCHEDULER_WATCHDOG_SECONDS.", labels=["job_type"],
+        )  # fmt: skip
         for job_type, series in list(self._by_job.items()):
             duration.add_metric([job_type], *series.duration.exposition())
             lag.add_metric([job_type], *series.lag.exposition())
@@ -305,7 +311,12 @@ class _AttemptCollector(Collector):
             in_progress.add_metric([job_type], series.in_progress)
             items.add_metric([job_type, "success"], series.items_succeeded)
             items.add_metric([job_type, "failure"], series.items_failed)
+            retries.add_metric([job_type], series.retries)
+            loop_blocks.add_metric([job_type], series.loop_blocks)
+            for reason, count in list(series.skips.items()):
+                skips.add_metric([job_type, str(reason)], count)
         yield from (duration, runs, attempts, dead_letters, lag, retry_wait, in_progress, items)
+        yield from (retries, skips, loop_blocks)
 
 
 class _LeaderOnly(Collector):
