@@ -286,10 +286,10 @@ class Summary:
                 f"{self.log_kb_per_minute:>6.0f}KB  [{' '.join(self.runs)}]")  # fmt: skip
 
 
-RAW_SYSTEMS: list[tuple[str, Measure]] = [
-    ("raw memory", measure_raw_memory),
-    ("raw store", measure_raw),
-]
+RAW_SYSTEMS: dict[str, tuple[str, Measure]] = {
+    "memory": ("raw memory", measure_raw_memory),
+    "store": ("raw store", measure_raw),
+}
 
 
 def main() -> None:
@@ -299,6 +299,8 @@ def main() -> None:
     executions = os.environ.get("BENCH_EXECUTIONS", "process,inline").split(",")
     seconds = float(os.environ.get("BENCH_SECONDS", "20"))
     repeats = int(os.environ.get("BENCH_REPEATS", "3"))
+    # "memory,store" (the default) for the ratios; none ("") for a quick look at ours alone
+    raw_systems = [s for s in os.environ.get("BENCH_RAW", "memory,store").split(",") if s]
     warmup = 3.0
     print(f"N no-op jobs at 1 s for {seconds:g} s after {warmup:g} s warm-up; median of {repeats}")
     print("cpu/run: CPU of the process and its workers in the window per completed run; "
@@ -310,7 +312,7 @@ def main() -> None:
     for store in stores:
         for mode in modes:
             for count in counts:
-                systems = list(RAW_SYSTEMS)
+                systems = [RAW_SYSTEMS[name] for name in raw_systems]
                 systems += [
                     (f"ours {execution}", functools.partial(measure_service, execution=execution))
                     for execution in executions
@@ -325,6 +327,8 @@ def main() -> None:
                 rows = {system: Summary.of(each) for system, each in results.items()}
                 for system, summary in rows.items():
                     print(f"{store:<10} {mode:<9} {count:>5}  {system:<12} {summary.row()}")
+                if "raw memory" not in rows or "raw store" not in rows:
+                    continue
                 memory, raw = rows["raw memory"], rows["raw store"]
                 for system, ours in rows.items():
                     if not system.startswith("ours"):

@@ -18,8 +18,6 @@ from typing import Any, Protocol
 
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import STATE_RUNNING
 from sqlalchemy import Engine
 
 from .backends import ExecutionBackend, InlineBackend
@@ -39,6 +37,7 @@ from .schedules import stored_schedule
 from .settings import ServiceSettings
 from .skip_summary import SkipCoalescer
 from .slots import PrioritySlots
+from .wakeup import FencedScheduler
 from .worker_pool import PoolObserver, PoolOptions, ProcessBackend
 
 log = structlog.get_logger(__name__)
@@ -327,20 +326,6 @@ def _gate(leadership: Leadership) -> StartRefusal | None:
     if leadership.fence.epoch is None:
         return StartRefusal.NOT_LEADER
     return None if leadership.lease_valid() else StartRefusal.LEASE_EXPIRED
-
-
-class FencedScheduler(BackgroundScheduler):  # type: ignore[misc]
-    """APScheduler's background scheduler, processing due jobs only while running.
-
-    APScheduler 3 processes the due jobs once more after `shutdown()` (its loop checks the state
-    only after the wakeup's processing), and that round would run slots a stopping or demoted
-    instance must not run, and move their next run times past them."""
-
-    def _process_jobs(self) -> float | None:
-        if self.state != STATE_RUNNING:
-            return None
-        wait: float | None = super()._process_jobs()
-        return wait
 
 
 def _scheduler(

@@ -148,6 +148,10 @@ class _LiveRun:
     waiters: list[asyncio.Future[str]] = field(default_factory=list)
 
 
+#: How many job types a summed-up skip line names (the rows name every one).
+SUMMARY_EXAMPLES = 10
+
+
 def retry_delay(base: float, retry: int, rng: Callable[[], float] = random.random) -> float:
     """Seconds before retry number `retry` (1, 2, ...): exponential from `base`, plus jitter."""
     delay = min(base * 2.0 ** (retry - 1), MAX_RETRY_DELAY_SECONDS)
@@ -476,14 +480,17 @@ class RunCoordinator:
         self._history.recorded(record)
         self._states.skipped(job_type, reason, why, now)
         self._observer.skipped(job_type, reason)
+        quiet = quiet or (coalesce and not self._skips.announce(reason))
         emit = log.info if quiet else log.warning
         emit("run skipped", job_type=job_type, run_id=record.run_id, reason=reason, why=why)
         return RunSummary(record.run_id, job_type, Outcome.SKIPPED, 0, reason, why)
 
     def flush_skips(self, *, everything: bool = False) -> None:
-        """Write the skips the summary windows only counted, one row and one line per job and
-        reason, for the windows that closed (`everything`: all of them, at a stop)."""
-        for skips in self._skips.due(everything=everything):
+        """Write the skips the summary windows only counted, one row (and one line at info)
+        per job and reason, for the windows that closed (`everything`: all of them, at a
+        stop), and one warning line per reason that sums them up."""
+        closed = self._skips.due(everything=everything)
+        for skips in closed:
             span = f"from {_iso(skips.first)} until {_iso(skips.last)}"
             why = (
                 f"{skips.count} more run(s) due {span} were skipped for the same reason "
@@ -504,13 +511,22 @@ class RunCoordinator:
                 error=why,
             )
             self._history.recorded(record)
-            log.warning(
+            log.info(
                 "runs skipped",
                 job_type=skips.job_type,
                 reason=skips.reason,
                 count=skips.count,
                 first_scheduled=_iso(skips.first),
                 last_scheduled=_iso(skips.last),
+            )
+        for reason in sorted({skips.reason for skips in closed}):
+            of_reason = [skips for skips in closed if skips.reason == reason]
+            log.warning(
+                "runs skipped, summed up",
+                reason=reason,
+                jobs=len(of_reason),
+                count=sum(skips.count for skips in of_reason),
+                job_types=sorted(skips.job_type for skips in of_reason)[:SUMMARY_EXAMPLES],
             )
 
     async def drain(self, grace_seconds: float) -> int:

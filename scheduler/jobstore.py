@@ -176,6 +176,20 @@ class GroupedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
             }
             self._written_state[job.id] = state
 
+    def move_job(self, job: Any) -> None:
+        """`update_job` for a job whose next run time is all that changed (a wakeup moved
+        it): nothing else is compared or encoded."""
+        next_time = datetime_to_utc_timestamp(job.next_run_time)
+        self.next_run_times[job.id] = job.next_run_time
+        self._cache[job.id] = job
+        self._due.set(job.id, next_time)
+        with self._pending_lock:
+            pending = self._pending.get(job.id)
+            if pending is not None:  # its whole state is on its way: with the new time
+                pending["next_time"] = next_time
+            else:
+                self._pending_times[job.id] = (job.id, next_time)
+
     def flush(self) -> None:
         """Write every buffered insert and update in one transaction (inserts first: a job
         added in bulk may have run, and moved, before its row was written); on failure they

@@ -13,13 +13,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, event, text
 
-from scheduler.active import FencedScheduler
 from scheduler.database import create_database_engine
 from scheduler.executor import JOB_FUNCTION
 from scheduler.history import migrate
 from scheduler.jobstore import DueIndex, GroupedSQLAlchemyJobStore
 from scheduler.leadership import sole_term
 from scheduler.tables import JOBS_TABLE
+from scheduler.wakeup import FencedScheduler
 
 from .support import wait_until
 

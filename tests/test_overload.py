@@ -1,5 +1,6 @@
 """Overload degrades gracefully: a job skipped at max_concurrent at every due time gets one
-history row and one warning line per summary window, and the count is kept exactly."""
+history row per summary window, the log one warning line per reason and window (whatever the
+number of jobs), and the count is kept exactly."""
 
 from __future__ import annotations
 
@@ -43,6 +44,17 @@ def test_the_first_skip_is_recorded_and_the_rest_are_counted_per_window() -> Non
     assert last.count == 1 and skips.due(everything=True) == []
 
 
+def test_skips_are_logged_in_full_once_per_reason_and_window_whatever_the_job() -> None:
+    clock = Clock()
+    skips = SkipCoalescer(60, clock)
+    assert skips.announce(SkipReason.MAX_INSTANCES)
+    assert not skips.announce(SkipReason.MAX_INSTANCES)  # another job's first: not again
+    assert skips.announce(SkipReason.MISFIRE)
+    clock.now = 60
+    assert skips.announce(SkipReason.MAX_INSTANCES)
+    assert all(SkipCoalescer(0, clock).announce(SkipReason.MISFIRE) for _ in range(3))
+
+
 def test_a_zero_window_records_every_skip() -> None:
     skips = SkipCoalescer(0, Clock())
     assert all(skips.admit("a", SkipReason.MAX_INSTANCES, T0) for _ in range(3))
@@ -84,6 +96,10 @@ def test_skips_at_max_concurrent_are_summarised_and_counted_exactly(
     per_row = rows()
     assert len(per_row) < counted / 3, per_row  # not a row per skip
     assert any(n > 1 for n in per_row), per_row
-    lines = [e for e in service.logs() if e.get("event") in ("run skipped", "runs skipped")]
-    assert len(lines) == len(per_row)  # and a line per row, not per skip
+    logs = service.logs()
+    lines = [e for e in logs if e.get("event") in ("run skipped", "runs skipped")]
+    assert len(lines) == len(per_row)  # and a line per row (at info), not per skip
+    summed = [e for e in logs if e.get("event") == "runs skipped, summed up"]
+    assert summed and all(e["level"] == "warning" and e["jobs"] == 1 for e in summed)
+    assert sum(e["count"] for e in summed) == sum(n for n in per_row if n > 1)
     assert service.stop() == 0
