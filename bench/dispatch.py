@@ -191,7 +191,9 @@ def _first_run(url: str, process: subprocess.Popen[bytes], timeout: float) -> fl
             try:
                 with engine.connect() as connection:
                     first = connection.execute(
-                        text("SELECT min(started_at) FROM scheduler_runs")
+                        text(
+                            "SELECT min(started_at) FROM scheduler_runs WHERE outcome != 'skipped'"
+                        )
                     ).scalar()
                 if first is not None:
                     return _timestamp(first)

@@ -89,7 +89,11 @@ def _first_service_run(tmp: Path, timeout: float = 60) -> float:
         while time.monotonic() < deadline:
             try:
                 with engine.connect() as connection:
-                    first = connection.execute(text("SELECT min(started_at) FROM scheduler_runs"))
+                    first = connection.execute(
+                        text(
+                            "SELECT min(started_at) FROM scheduler_runs WHERE outcome != 'skipped'"
+                        )
+                    )
                     value = first.scalar()
                 if value is not None:
                     return _timestamp(value)

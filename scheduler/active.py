@@ -31,7 +31,7 @@ from .leadership import Leadership
 from .params import decode_params
 from .pending import DelayedRuns, PendingStore
 from .quarantine import Quarantine
-from .reconcile import desired_job, reconcile
+from .reconcile import desired_job, first_run_time, reconcile
 from .records import Outcome, RunRecord, SkipReason, StartRefusal, Trigger, utcnow
 from .schedules import stored_schedule
 from .settings import ServiceSettings
@@ -125,7 +125,7 @@ class ActiveRole:
         store = GroupedSQLAlchemyJobStore(engine, leadership.fence)
         scheduler = _scheduler(store, coordinator, loop)
         await asyncio.to_thread(scheduler.start, paused=True)
-        not_loaded = await asyncio.to_thread(_reconcile, scheduler, store, settings, catalog)
+        not_loaded, added = await asyncio.to_thread(_reconcile, scheduler, store, settings, catalog)
         intervals = await asyncio.to_thread(_stored_intervals, scheduler, not_loaded)
         for job_type in quarantine.quarantined:
             if job_type in store.next_run_times:
@@ -146,6 +146,7 @@ class ActiveRole:
         # longer walks it and stalls the loop for as long. See GC_THRESHOLDS too.
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        _rebase_first_runs(store, added, settings.first_run_spread_seconds)
         scheduler.resume()
         # Rows a previous term queued are committed (or refused) before the pending runs are
         # read: a delayed run whose start was on its way is not armed again.
@@ -182,7 +183,7 @@ class ActiveRole:
         change keeps its next run time. A job whose file changed leaves its quarantine."""
         self.backend.reload(_worker_files(catalog), catalog.jobs)
         self.coordinator.set_jobs(catalog.jobs, _failed_files(catalog))
-        self.not_loaded = await asyncio.to_thread(
+        self.not_loaded, _ = await asyncio.to_thread(
             _reconcile, self.scheduler, self.store, settings, catalog
         )
         self.not_loaded_intervals = await asyncio.to_thread(
@@ -364,8 +365,9 @@ def _stored_intervals(scheduler: Any, job_types: Iterable[str]) -> dict[str, flo
 
 def _reconcile(
     scheduler: Any, store: GroupedSQLAlchemyJobStore, settings: ServiceSettings, catalog: JobCatalog
-) -> dict[str, str]:
-    """Reconcile the job store with the catalog; the stored jobs kept though not loaded."""
+) -> tuple[dict[str, str], list[str]]:
+    """Reconcile the job store with the catalog; the stored jobs kept though not loaded, and
+    the jobs added."""
     desired, disabled = {}, []
     for job_type, job in catalog.jobs.items():
         if not job.config.enabled:
@@ -388,7 +390,27 @@ def _reconcile(
             tasks_dir=catalog.discovery.tasks_dir,
             first_run_spread_seconds=settings.first_run_spread_seconds,
         )
-    return {
+    not_loaded = {
         job_type: f"its task file {task_file} failed to import: {failed_files[task_file]}"
         for job_type, task_file in report.kept_not_loaded.items()
     }
+    return not_loaded, report.added
+
+
+def _rebase_first_runs(
+    store: GroupedSQLAlchemyJobStore, added: Iterable[str], spread_seconds: float
+) -> None:
+    """Place the first runs of the jobs just added after now, as reconcile placed them after
+    its own start: the term's start-up (thousands of jobs to add, workers to start) would
+    otherwise make each first run late, counted as a missed run, and hand them all over in
+    one wakeup."""
+    now = datetime.now(UTC)
+    for job_type in added:
+        job = store.lookup_job(job_type)
+        if job is None or job.next_run_time is None or job.next_run_time >= now:
+            continue
+        interval = getattr(job.trigger, "interval_length", None)
+        if interval is None:  # a cron job's first run is when its expression matches
+            continue
+        job.next_run_time = first_run_time(job_type, interval, now, spread_seconds)
+        store.move_job(job)

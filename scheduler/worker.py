@@ -35,7 +35,7 @@ from .params import ParamsProblem, validate_params
 from .records import BodyResult, Outcome, SkipReason
 from .records import summarize_error as summarize
 from .registry import JobRegistry
-from .wire import LineBuffer, Message, encode
+from .wire import LineBuffer, Message, encode, read_init
 
 log = structlog.get_logger(__name__)
 
@@ -237,23 +237,13 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(2, 1)  # task code that prints writes to the log stream, not into the protocol
-    with os.fdopen(os.dup(read_fd), "rb", buffering=0) as first:
-        init = _read_init(first)
+    init = read_init(read_fd)
     configure_logging(init["log_level"], init["log_format"], cache=True)
     tasks_dir = Path(init["tasks_dir"])
     report = discover(tasks_dir, [tasks_dir / name for name in init["files"]])
     jobs = {job_type: JobConfig.model_validate(c) for job_type, c in init["jobs"].items()}
     choice: EventLoopChoice = init["event_loop"]
     run_on_loop(_serve(jobs, init, report.failures, read_fd, write_fd), choice)
-
-
-def _read_init(stream: Any) -> Message:
-    """The first line, read byte by byte so that nothing after it is consumed here."""
-    line = bytearray()
-    while (byte := stream.read(1)) not in (b"\n", b""):
-        line += byte
-    (message,) = LineBuffer().feed(bytes(line) + b"\n")
-    return message
 
 
 async def _serve(

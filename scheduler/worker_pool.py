@@ -46,7 +46,7 @@ from .records import (
     Outcome,
     WorkerStatus,
 )
-from .wire import LineBuffer, Message, encode
+from .wire import LineBuffer, Message, encode, encode_init
 
 log = structlog.get_logger(__name__)
 
@@ -368,7 +368,7 @@ class ProcessBackend:
         worker = _Worker(index, process, board_path)
         self._workers[index] = worker
         assert process.stdin is not None
-        process.stdin.write(encode([{**self._init, "board": board_path}]))
+        process.stdin.write(encode_init({**self._init, "board": board_path}))
         self._background(self._read(worker), name=f"reader-{index}")
 
     def _background(self, coroutine: Any, name: str = "supervisor") -> None:

@@ -13,6 +13,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, event, text
 
+from scheduler.active import _rebase_first_runs
 from scheduler.database import create_database_engine
 from scheduler.executor import JOB_FUNCTION
 from scheduler.history import migrate
@@ -241,3 +242,26 @@ def test_jobs_added_in_bulk_are_inserted_in_one_statement(engine: Engine) -> Non
     assert len(stored) == 199 and "bulk_1" not in stored
     assert stored["bulk_0"] == now + timedelta(hours=1)
     assert stored["bulk_5"] == now
+
+
+def test_a_new_jobs_first_run_late_from_start_up_is_placed_after_now(engine: Engine) -> None:
+    store = GroupedSQLAlchemyJobStore(engine, sole_term(engine, "test"))
+    scheduler = FencedScheduler(jobstores={"default": store}, timezone=UTC)
+    scheduler.start(paused=True)
+    long_ago = datetime.now(UTC) - timedelta(seconds=30)
+    for job_id in ("late", "kept"):
+        scheduler.add_job(
+            JOB_FUNCTION,
+            trigger=IntervalTrigger(seconds=10, timezone=UTC),
+            id=job_id,
+            args=(job_id,),
+            next_run_time=long_ago,
+        )
+    try:
+        before = datetime.now(UTC)
+        _rebase_first_runs(store, ["late"], spread_seconds=5)
+        late = store.lookup_job("late").next_run_time
+        assert before <= late <= datetime.now(UTC) + timedelta(seconds=5)
+        assert store.lookup_job("kept").next_run_time == long_ago  # not one just added
+    finally:
+        scheduler.shutdown(wait=False)
