@@ -341,12 +341,11 @@ def _scheduler(
 
     def on_max_instances(event: Any) -> None:
         for run_time in event.scheduled_run_times:
-            coordinator.skip(
+            coordinator.skip_overloaded(
                 event.job_id,
                 SkipReason.MAX_INSTANCES,
                 "the job's previous runs are still going (max_concurrent reached)",
                 run_time,
-                coalesce=True,
             )
 
     scheduler.add_listener(on_max_instances, EVENT_JOB_MAX_INSTANCES)

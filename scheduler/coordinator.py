@@ -323,7 +323,7 @@ class RunCoordinator:
             late = (utcnow() - run_time).total_seconds()
             if misfire_grace_seconds is not None and late > misfire_grace_seconds:
                 why = f"started {late:.1f}s late, past the {misfire_grace_seconds:g}s grace"
-                self.skip(job_type, SkipReason.MISFIRE, why, run_time, coalesce=True)
+                self.skip_overloaded(job_type, SkipReason.MISFIRE, why, run_time)
                 continue
             if job_type in self.paused:  # paused after this run was handed over
                 self.skip(job_type, SkipReason.PAUSED, "the job is paused", run_time)
@@ -454,16 +454,10 @@ class RunCoordinator:
         trigger: Trigger = Trigger.SCHEDULE,
         *,
         quiet: bool = False,
-        coalesce: bool = False,
     ) -> RunSummary:
-        """Record a run that did not happen, and why (logged at info if `quiet`; if `coalesce`
-        and the job was skipped for this reason within the summary window, only counted: see
-        skip_summary). Safe to call from any thread."""
+        """Record a run that did not happen, and why (logged at info if `quiet`). Safe to call
+        from any thread."""
         now = utcnow()
-        if coalesce and not self._skips.admit(job_type, reason, scheduled_time):
-            self._states.skipped(job_type, reason, why, now)
-            self._observer.skipped(job_type, reason)
-            return RunSummary(run_id or new_run_id(), job_type, Outcome.SKIPPED, 0, reason, why)
         record = RunRecord(
             run_id=run_id or new_run_id(),
             attempt=1,
@@ -480,10 +474,23 @@ class RunCoordinator:
         self._history.recorded(record)
         self._states.skipped(job_type, reason, why, now)
         self._observer.skipped(job_type, reason)
-        quiet = quiet or (coalesce and not self._skips.announce(reason))
         emit = log.info if quiet else log.warning
         emit("run skipped", job_type=job_type, run_id=record.run_id, reason=reason, why=why)
         return RunSummary(record.run_id, job_type, Outcome.SKIPPED, 0, reason, why)
+
+    def skip_overloaded(
+        self, job_type: str, reason: SkipReason, why: str, scheduled_time: datetime
+    ) -> None:
+        """A scheduled run skipped because the service is behind (`max_instances`,
+        `misfire`): recorded like any skip if it is the job's first for `reason` in the
+        summary window, else only counted (see skip_summary). Under overload this runs for
+        most due jobs, so the counted path builds nothing. Safe to call from any thread."""
+        if self._skips.admit(job_type, reason, scheduled_time):
+            quiet = not self._skips.announce(reason)
+            self.skip(job_type, reason, why, scheduled_time, quiet=quiet)
+            return
+        self._states.skipped(job_type, reason, why, utcnow())
+        self._observer.skipped(job_type, reason)
 
     def flush_skips(self, *, everything: bool = False) -> None:
         """Write the skips the summary windows only counted, one row (and one line at info)
