@@ -129,7 +129,9 @@ def test_a_crafted_row_in_the_job_store_runs_no_code_and_is_set_aside(
 
 
 def _terminate_lock_session(url: str) -> int:
-    """Cut the leader's advisory-lock session, as a network partition or a proxy would."""
+    """Cut the leader's advisory-lock session, as a network partition or a proxy would: only
+    in this test's database (the server is shared: another test's leader, on another test
+    process, holds an advisory lock too)."""
     from sqlalchemy import create_engine
 
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
@@ -137,7 +139,8 @@ def _terminate_lock_session(url: str) -> int:
         cut = connection.execute(
             text(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
-                "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+                "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             )
         ).scalar_one()
     engine.dispose()
